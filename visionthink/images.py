@@ -1,0 +1,230 @@
+"""Images in, the 1/4-resolution view, and visual-token accounting, exactly as Qwen2.5-VL counts them.
+
+``load_image`` turns whatever a person uploads into a plain RGB picture or refuses it with an ``ImageError`` whose
+message says what was wrong. ``visual_tokens`` reproduces the Qwen2.5-VL image processor's ``smart_resize`` without
+importing transformers, so the app and the evaluation can report token costs for any size.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+#: Refuse images with more pixels than this (checked from the header, before decoding).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Qwen2.5-VL patch size times merge size: the grid every image is resized to.
+PATCH_FACTOR = 28
+#: The checkpoint's image-processor limits (preprocessor_config.json of Qwen2.5-VL / VisionThink).
+MIN_PIXELS = 3136
+MAX_PIXELS = 12845056
+#: Qwen2.5-VL refuses images whose long side is more than this many times the short side.
+MAX_ASPECT_RATIO = 200
+#: The smallest side the model is given (spec §3.1).
+MIN_SIDE = 28
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says what was wrong and what to do, for a person to read."""
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a path, bytes or PIL image as an upright RGB image.
+
+    EXIF orientation is applied; transparency is flattened over white; CMYK, palette, grey and 16-bit images are
+    converted; an animation gives its first frame. Raises ``ImageError`` for an empty, undecodable or truncated
+    file, or for an image above ``max_pixels`` (refused from its header, never decoded).
+    """
+    if isinstance(source, Image.Image):
+        _check_size(source.size, max_pixels)
+        return _to_rgb(_first_frame(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = "The uploaded data"
+    else:
+        path = Path(source)
+        name = f"The file {path.name!r}"
+        if not path.exists():
+            raise ImageError(f"{name} does not exist. Check the path and try again.")
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file.")
+        data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes). Upload a PNG, JPEG, WebP or GIF image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_too_large_message(None, max_pixels)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"{name} is not an image this app can read. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image."
+        ) from exc
+    _check_size(image.size, max_pixels)
+    try:
+        image = _first_frame(image)
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            # Someone switched Pillow to padding truncated files with grey; load a copy without that leniency.
+            raise ImageError("Pillow is set to accept truncated images; refusing to guess the missing pixels.")
+        image.load()
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(
+            f"{name} is truncated or damaged and cannot be decoded ({exc}). Upload the complete file."
+        ) from exc
+    return _to_rgb(image)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"The image has no pixels ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageError(_too_large_message(size, max_pixels))
+
+
+def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
+    what = f"{size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.1f} MP)" if size else "too many pixels"
+    return (
+        f"The image is too large: {what}, above the limit of {max_pixels / 1e6:g} MP. "
+        "Scale it down and upload it again (the limit is VISIONTHINK_MAX_IMAGE_PIXELS)."
+    )
+
+
+def _first_frame(image: Image.Image) -> Image.Image:
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Upright, 8-bit RGB with any alpha flattened onto white."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    try:
+        if (mode == "P" and "transparency" in image.info) or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"Images in the {mode} colour mode are not supported ({exc}). Save it as an RGB PNG or JPEG.") from exc
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale a 16/32-bit integer or float greyscale array to 0..255."""
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values.astype(np.float64))
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        return np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+    values = values.astype(np.int64)
+    peak = values.max(initial=0)
+    if peak <= 255:
+        return np.clip(values, 0, 255).astype(np.uint8)
+    top = 65535 if peak <= 65535 else int(peak)
+    return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
+
+
+# --- Views -----------------------------------------------------------------------------------------------------
+
+
+def low_res_size(width: int, height: int) -> tuple[int, int]:
+    """The 1/4-resolution size: each side halved, then scaled up together if a side falls under 28 px."""
+    return _min_side_size(max(1, width // 2), max(1, height // 2))
+
+
+def _min_side_size(width: int, height: int) -> tuple[int, int]:
+    if min(width, height) >= MIN_SIDE:
+        return width, height
+    scale = max(MIN_SIDE / width, MIN_SIDE / height)
+    return max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale))
+
+
+def downsample(image: Image.Image) -> Image.Image:
+    """What the model sees first: half width and half height (LANCZOS), each side at least 28 px."""
+    check_aspect_ratio(*image.size)
+    size = low_res_size(*image.size)
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def full_resolution(image: Image.Image) -> Image.Image:
+    """The high-resolution view: the original, enlarged only if a side is under 28 px."""
+    check_aspect_ratio(*image.size)
+    size = _min_side_size(*image.size)
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+# --- Token accounting ------------------------------------------------------------------------------------------
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"The image is {width}x{height}, an aspect ratio of {ratio:.0f}:1; Qwen2.5-VL accepts at most "
+            f"{MAX_ASPECT_RATIO}:1. Crop it to the part you are asking about and upload that."
+        )
+
+
+def smart_resize(width: int, height: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) Qwen2.5-VL's image processor resizes an image to: multiples of 28 within the pixel limits."""
+    check_aspect_ratio(width, height)
+    f = PATCH_FACTOR
+    h, w = round(height / f) * f, round(width / f) * f
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(f, math.floor(height / beta / f) * f)
+        w = max(f, math.floor(width / beta / f) * f)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / f) * f
+        w = math.ceil(width * beta / f) * f
+    return w, h
+
+
+def visual_tokens(width: int, height: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> int:
+    """Visual tokens Qwen2.5-VL spends on a ``width`` x ``height`` image (the two delimiter tokens not counted)."""
+    w, h = smart_resize(width, height, min_pixels, max_pixels)
+    return (w // PATCH_FACTOR) * (h // PATCH_FACTOR)
+
+
+@dataclass(frozen=True)
+class TokenReport:
+    """Visual tokens of one episode against a single pass on the full image.
+
+    ``saved`` is negative when the model asked for the full image: it then holds both images in context.
+    """
+
+    low_res: int
+    high_res: int
+    used: int
+    full_res: int
+    saved: int
+    retained_ratio: float
+
+    @classmethod
+    def build(cls, *, low_res: int, high_res: int, full_res: int) -> TokenReport:
+        used = low_res + high_res
+        return cls(
+            low_res=low_res,
+            high_res=high_res,
+            used=used,
+            full_res=full_res,
+            saved=full_res - used,
+            retained_ratio=used / full_res if full_res else 0.0,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
