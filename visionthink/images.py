@@ -43,7 +43,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
     """
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels)
-        return _to_rgb(_first_frame(source))
+        return _to_rgb(_decode(source, "The image"))
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = "The uploaded data"
@@ -68,11 +68,17 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
             f"{name} is not an image this app can read. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image."
         ) from exc
     _check_size(image.size, max_pixels)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Another library switched Pillow to padding truncated files with grey, so a damaged upload could no
+        # longer be told from a complete one.
+        raise ImageError("Pillow is set to accept truncated images; refusing to guess the missing pixels.")
+    return _to_rgb(_decode(image, name))
+
+
+def _decode(image: Image.Image, name: str) -> Image.Image:
+    """Decode the first frame fully, turning truncation and decoder errors into ``ImageError``."""
     try:
         image = _first_frame(image)
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            # Someone switched Pillow to padding truncated files with grey; load a copy without that leniency.
-            raise ImageError("Pillow is set to accept truncated images; refusing to guess the missing pixels.")
         image.load()
     except ImageError:
         raise
@@ -80,7 +86,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
         raise ImageError(
             f"{name} is truncated or damaged and cannot be decoded ({exc}). Upload the complete file."
         ) from exc
-    return _to_rgb(image)
+    return image
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -112,7 +118,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+        # I;16* modes are 16-bit by definition: scale by 65535 even when every value happens to be <= 255.
+        top = 65535 if mode.startswith("I;16") else None
+        return Image.fromarray(_to_uint8(np.asarray(image), top), "L").convert("RGB")
     try:
         if (mode == "P" and "transparency" in image.info) or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
             rgba = image.convert("RGBA")
@@ -123,13 +131,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError(f"Images in the {mode} colour mode are not supported ({exc}). Save it as an RGB PNG or JPEG.") from exc
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale a 16/32-bit integer or float greyscale array to 0..255."""
+def _to_uint8(values: np.ndarray, top: int | None = None) -> np.ndarray:
+    """Scale a 16/32-bit integer or float greyscale array to 0..255; ``top`` is the known full-scale value."""
     if values.dtype.kind == "f":
         values = np.nan_to_num(values.astype(np.float64))
         top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
         return np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
     values = values.astype(np.int64)
+    if top is not None:
+        return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
     peak = values.max(initial=0)
     if peak <= 255:
         return np.clip(values, 0, 255).astype(np.uint8)
@@ -156,6 +166,7 @@ def downsample(image: Image.Image) -> Image.Image:
     """What the model sees first: half width and half height (LANCZOS), each side at least 28 px."""
     check_aspect_ratio(*image.size)
     size = low_res_size(*image.size)
+    check_aspect_ratio(*size, original=image.size)  # the 28 px guard can stretch a thin image past the limit
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -169,11 +180,18 @@ def full_resolution(image: Image.Image) -> Image.Image:
 # --- Token accounting ------------------------------------------------------------------------------------------
 
 
-def check_aspect_ratio(width: int, height: int) -> None:
+def check_aspect_ratio(width: int, height: int, *, original: tuple[int, int] | None = None) -> None:
+    """Raise ``ImageError`` for a size Qwen2.5-VL refuses (a side of 0, or more than 200:1)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"The image has no pixels ({width}x{height}).")
     ratio = max(width, height) / min(width, height)
     if ratio > MAX_ASPECT_RATIO:
+        shown = f"{ratio:.0f}" if ratio >= MAX_ASPECT_RATIO + 1 else f"{ratio:.2f}"
+        what = f"{width}x{height}"
+        if original:
+            what = f"{original[0]}x{original[1]} (its 1/4-resolution view is {width}x{height})"
         raise ImageError(
-            f"The image is {width}x{height}, an aspect ratio of {ratio:.0f}:1; Qwen2.5-VL accepts at most "
+            f"The image is {what}, an aspect ratio of {shown}:1; Qwen2.5-VL accepts at most "
             f"{MAX_ASPECT_RATIO}:1. Crop it to the part you are asking about and upload that."
         )
 

@@ -208,8 +208,9 @@ class Conversation:
                 out.append(f"{IM_START}user\n{message.text}{IM_END}\n{IM_START}assistant\n")
             else:
                 out.append(f"{IM_START}{message.role}\n{message.text}{IM_END}\n")
-        if self.messages[-1].role == "user" and len(self.messages) == 2:
-            out.append(f"{IM_START}assistant\n")
+                if message.role == "user":
+                    # The generation prompt opens the first model turn, whether or not that turn exists yet.
+                    out.append(f"{IM_START}assistant\n")
         return "".join(out)
 
     def to_openai(self, image_urls: list[str]) -> list[dict]:
@@ -336,21 +337,31 @@ def parse_turn(text: str) -> Turn:
 def check_tool_call(body: str) -> str | None:
     """Check the body of one ``<tool_call>`` block; returns the error text for the model, or None if valid."""
     try:
-        call = json.loads(body)
+        call = json.loads(body, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         return f"The tool call is not valid JSON: {exc}"
+    except ValueError as exc:
+        return str(exc)
     if not isinstance(call, dict):
-        return "The tool call must be a JSON object with \"name\" and \"arguments\"."
+        return 'The tool call must be a JSON object with "name" and "arguments"'
     if set(call) != {"name", "arguments"}:
-        return f"The tool call must have exactly the keys \"name\" and \"arguments\", not {sorted(call)}."
+        return f'The tool call must have exactly the keys "name" and "arguments", not {sorted(call)}'
     if call["name"] != TOOL_NAME:
         return f"Unknown function tool: {call['name']!r}. The only available function tool is `{TOOL_NAME}`"
     arguments = call["arguments"]
     if not isinstance(arguments, dict) or set(arguments) != {"action"}:
-        return 'The arguments must be the JSON object {"action": "resize"}.'
+        return 'The arguments must be the JSON object {"action": "resize"}'
     if arguments["action"] != TOOL_ACTION:
         return f"Unknown Tool Type: {arguments['action']}. Available function tools are: `{TOOL_ACTION}`"
     return None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"The tool call repeats the key {duplicates[0]!r}")
+    return dict(pairs)
 
 
 def last_boxed(text: str) -> str | None:

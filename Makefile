@@ -1,0 +1,50 @@
+# VisionThink Studio. `make run` starts the app; `make test` runs the whole suite. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-dev system-test-deps tiny-model screenshot bench clean
+
+# torch is installed on its own first so that pip takes the pinned build (the local CPU wheel here, CUDA on a
+# GPU host) before anything else can ask for a different one. No eager upgrades.
+$(VENV)/.runtime-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.runtime-installed
+
+install-dev: $(VENV)/.dev-installed
+
+# Debian's chromium for the browser tests (playwright drives it; it never downloads a browser of its own).
+system-test-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	fi
+
+run: install
+	$(PY) app.py
+
+test: install-dev system-test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+tiny-model: install
+	$(PY) -m visionthink.tiny --out $(or $(OUT),$(HOME)/.cache/visionthink/tiny-qwen2.5-vl)
+
+screenshot: install-dev system-test-deps
+	$(PY) -m tests.app.screenshot docs/screenshot.png
+
+bench: install-dev
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

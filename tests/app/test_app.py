@@ -1,0 +1,157 @@
+"""The demo page launched on 127.0.0.1 and driven end to end with gradio_client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from app.model_slot import ModelSlot
+from app.ui import build_demo, launch_kwargs
+from tests.support.forcing import ANSWER_TURN, TOOL_TURN, forcing_factory
+from visionthink.backends import TransformersBackend
+from visionthink.engine import Engine, GenerationSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def forced_app(tiny_model_dir):
+    """The page with a tiny model forced to ask for the full image, then answer."""
+    from visionthink.hf import load_model, load_processor
+
+    processor = load_processor(str(tiny_model_dir))
+    backend = TransformersBackend(
+        load_model(str(tiny_model_dir), device="cpu"), processor, "tiny-forced",
+        logits_processor_factory=forcing_factory(processor.tokenizer, [TOOL_TURN, ANSWER_TURN]),
+    )
+    engine = Engine(backend, settings=GenerationSettings(max_new_tokens=96))
+    demo = build_demo(ModelSlot.ready(engine))
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **launch_kwargs())
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def chart(tmp_path) -> Path:
+    rng = np.random.default_rng(11)
+    path = tmp_path / "chart.png"
+    Image.fromarray(rng.integers(0, 255, size=(336, 448, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_ask_streams_the_whole_loop(forced_app, chart):
+    client = Client(forced_app, verbose=False)
+    job = client.submit(handle_file(str(chart)), "What is the value of Beta in Q3?", "auto", api_name="/ask")
+    updates = list(job)
+    error, badge, chat, gallery, tokens, _status = job.result()
+
+    assert len(updates) > 3  # streamed, not one final update
+    assert error == ""
+    assert "Asked for the full-resolution image" in badge
+    titles = [m["metadata"]["title"] for m in chat if m.get("metadata") and m["metadata"].get("title")]
+    assert titles[0].startswith("Turn 1 · thinking on the image at 224×168")
+    assert any("Asked for the full-resolution image" in t for t in titles)
+    assert titles[-1].startswith("Turn 2 · thinking on 2 images (224×168, 448×336)")
+    thinking = [m for m in chat if m.get("metadata")]
+    assert all(m["metadata"].get("status") == "done" for m in thinking)
+    final = chat[-1]
+    assert final["role"] == "assistant" and "44.6" in str(final["content"])
+    assert "labels are too small" in str(thinking[0]["content"])
+
+    assert len(gallery) == 2
+    sizes = [Image.open(item["image"]).size for item in gallery]
+    assert sizes == [(224, 168), (448, 336)]
+    assert "<b>240</b> visual tokens used vs <b>192</b>" in tokens
+    assert "125.0%" in tokens and "48</b> more than full resolution" in tokens
+
+
+def test_forced_low_mode_badge(forced_app, chart):
+    client = Client(forced_app, verbose=False)
+    error, badge, _chat, _gallery, tokens, _ = client.predict(handle_file(str(chart)), "What is it?", "low",
+                                                                api_name="/ask")
+    assert error == ""
+    assert "1/4-resolution image only" in badge
+    assert "<b>48</b> visual tokens used vs <b>192</b>" in tokens
+
+
+@pytest.mark.parametrize(
+    "content, question, message",
+    [
+        (b"", "What is it?", "empty (0 bytes)"),
+        (b"hello, I am text", "What is it?", "not an image this app can read"),
+        (None, "   ", "The question is empty"),
+    ],
+)
+def test_bad_input_shows_a_message_not_a_traceback(forced_app, tmp_path, chart, content, question, message):
+    path = chart
+    if content is not None:
+        path = tmp_path / "upload.png"
+        path.write_bytes(content)
+    client = Client(forced_app, verbose=False)
+    error, badge, chat, _gallery, tokens, _ = client.predict(handle_file(str(path)), question, "auto", api_name="/ask")
+    assert message in error
+    assert "Traceback" not in error
+    assert badge == "" and tokens == "" and chat == []
+
+
+def test_app_entry_point_falls_back_to_the_tiny_model(tmp_path, tiny_model_dir, chart):
+    """`python app.py` with the default checkpoint offline: the page says plainly it runs the tiny model."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VISIONTHINK_MODEL": "Senqiao/VisionThink-Efficient",
+        "VISIONTHINK_TINY_DIR": str(tiny_model_dir),
+        "VISIONTHINK_EXAMPLES_DIR": str(tmp_path / "examples"),
+        "VISIONTHINK_TINY_MAX_NEW_TOKENS": "8",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        client = _connect(f"http://127.0.0.1:{port}/", process)
+        error, badge, chat, _gallery, tokens, status = client.predict(handle_file(str(chart)), "What is it?", "auto",
+                                                                      api_name="/ask")
+        assert error == ""
+        assert "visionthink-tiny-random" in status
+        assert "Asked for" in badge or "Answered from" in badge
+        assert "visual tokens used" in tokens
+        assert chat[-1]["role"] == "assistant"
+        assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["chart.png", "receipt.png", "scene.png"]
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "Could not load Senqiao/VisionThink-Efficient" in output
+    assert "its answers are meaningless" in output
+
+
+def _connect(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> Client:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app.py exited early:\n{process.stdout.read()}")
+        try:
+            return Client(url, verbose=False)
+        except Exception:
+            time.sleep(0.5)
+    raise AssertionError("app.py did not come up in time")

@@ -1,0 +1,3 @@
+from visionthink.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Backends that generate one VisionThink model turn: local transformers, or any OpenAI-compatible server.
+
+Both take the same ``TurnRequest`` (the conversation from ``visionthink.protocol`` and its images) and stream text
+deltas followed by one ``TurnOutput``. The transformers backend feeds the checkpoint the exact trained text; a
+server applies its own chat template, which adds one newline before each injected turn (spec §2.4).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Callable, Iterator
+
+from PIL import Image as PILImage
+
+from visionthink import protocol
+from visionthink.engine import TurnOutput, TurnRequest
+from visionthink.images import MAX_PIXELS, MIN_PIXELS
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be reached or used; the message is for a person."""
+
+
+def _gpu_wrapper() -> Callable:
+    """``spaces.GPU`` on Hugging Face ZeroGPU Spaces (where the package imports), otherwise the identity."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU
+
+
+class TransformersBackend:
+    """Generates turns with a local ``Qwen2_5_VLForConditionalGeneration`` and its processor.
+
+    ``logits_processor_factory(turn_index)`` may return extra logits processors for a turn (constrained decoding,
+    and the tests that force a tool call).
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        model_id: str,
+        *,
+        logits_processor_factory: Callable[[int], list] | None = None,
+    ) -> None:
+        from visionthink.hf import processor_pixel_limits
+
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.pixel_limits = processor_pixel_limits(processor)
+        self.logits_processor_factory = logits_processor_factory
+        tokenizer = processor.tokenizer
+        self._stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.STOP_STRINGS]
+        self._suppress_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
+        # On ZeroGPU the whole turn (streamer thread included) must run inside the GPU-decorated call.
+        self.generate = _gpu_wrapper()(self._generate_turn)
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        local_files_only: bool = False,
+        model_id: str | None = None,
+    ) -> TransformersBackend:
+        """Load a checkpoint (hub id or folder) through ``from_pretrained``."""
+        from visionthink.hf import load_model, load_processor
+
+        processor = load_processor(name_or_path, revision=revision, local_files_only=local_files_only)
+        model = load_model(name_or_path, revision=revision, device=device, local_files_only=local_files_only)
+        return cls(model, processor, model_id or name_or_path)
+
+    def _generate_turn(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
+        from transformers import TextIteratorStreamer
+
+        text = request.conversation.render()
+        inputs = self.processor(text=[text], images=request.images, return_tensors="pt").to(self.model.device)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                result["ids"] = self._run_generate(inputs, streamer, request)
+            except BaseException as exc:  # reported on the caller's thread below
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="visionthink-generate", daemon=True)
+        thread.start()
+        for delta in streamer:
+            for stop in protocol.STOP_STRINGS:
+                delta = delta.replace(stop, "")
+            if delta:
+                yield delta
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+
+        prompt_length = inputs["input_ids"].shape[1]
+        new_ids = result["ids"][0, prompt_length:].tolist()
+        finish_reason = "stop" if new_ids and new_ids[-1] in self._stop_ids else "length"
+        decoded = self.processor.tokenizer.decode(new_ids, skip_special_tokens=False)
+        merge = self.processor.image_processor.merge_size
+        image_tokens = (inputs["image_grid_thw"].prod(-1) // merge**2).tolist()
+        yield TurnOutput(
+            text=protocol.strip_stop(decoded),
+            generated_tokens=len(new_ids),
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_length,
+            image_tokens=image_tokens,
+        )
+
+    def _run_generate(self, inputs, streamer, request: TurnRequest):
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        settings = request.settings
+        sampling = settings.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
+            top_k=None,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self._stop_ids[-1],
+            suppress_tokens=self._suppress_ids,
+        )
+        extra = self.logits_processor_factory(request.turn_index) if self.logits_processor_factory else []
+        with torch.inference_mode():
+            return self.model.generate(
+                **inputs,
+                generation_config=config,
+                logits_processor=LogitsProcessorList(extra),
+                streamer=streamer,
+            )
+
+
+class OpenAIBackend:
+    """Generates turns through an OpenAI-compatible chat-completions server (vLLM, SGLang, …).
+
+    Serve the checkpoint with two images per prompt, e.g.
+    ``vllm serve Senqiao/VisionThink-Efficient --limit-mm-per-prompt '{"image":2}'``, and without a tool-call
+    parser, so that the ``<tool_call>`` text reaches this client as it was generated.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        pixel_limits: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS),
+        max_retries: int = 2,
+    ) -> None:
+        import openai
+
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=max_retries
+        )
+        self.base_url = base_url
+        self.pixel_limits = pixel_limits
+        self.model_id = model or self._served_model()
+
+    def _served_model(self) -> str:
+        import openai
+
+        try:
+            models = list(self.client.models.list())
+        except openai.APIError as exc:
+            raise BackendError(
+                f"Could not list the models served at {self.base_url} ({exc}). Start the server, check "
+                "VISIONTHINK_BASE_URL, or name the model with VISIONTHINK_MODEL."
+            ) from exc
+        if not models:
+            raise BackendError(f"The server at {self.base_url} serves no models.")
+        return models[0].id
+
+    def generate(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
+        import openai
+
+        settings = request.settings
+        messages = request.conversation.to_openai([data_url(image) for image in request.images])
+        sampling = settings.temperature > 0
+        try:
+            stream = self.client.chat.completions.create(
+                model=self.model_id,
+                messages=messages,
+                max_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p if sampling else 1.0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            parts: list[str] = []
+            finish_reason = "stop"
+            usage = None
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    delta = choice.delta.content or ""
+                    if delta:
+                        parts.append(delta)
+                        yield delta
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        except openai.APIConnectionError as exc:
+            raise BackendError(f"Could not reach the model server at {self.base_url} ({exc}).") from exc
+        except openai.APIStatusError as exc:
+            raise BackendError(f"The model server at {self.base_url} refused the request: {exc}") from exc
+        text = protocol.strip_stop("".join(parts))
+        yield TurnOutput(
+            text=text,
+            generated_tokens=usage.completion_tokens if usage else 0,
+            finish_reason="length" if finish_reason == "length" else "stop",
+            prompt_tokens=usage.prompt_tokens if usage else None,
+        )
+
+
+def data_url(image: PILImage.Image) -> str:
+    """A lossless base64 PNG data URL, so the server sees exactly the pixels the local backend would."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,122 @@
+"""``python -m visionthink ask``: ask one question about one image from the terminal.
+
+Bad input (a missing or unreadable image, an empty question, a bad setting) ends with exit code 2 and one line on
+stderr; the model is not loaded until the input has been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from visionthink.engine import MODES, Answer, Done, HighResRequested, QuestionError, TextDelta, TurnFinished, TurnStarted
+from visionthink.images import ImageError
+from visionthink.settings import Settings, SettingsError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m visionthink", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="Ask a question about an image and show the VisionThink loop.")
+    ask.add_argument("--image", required=True, help="Path of the image.")
+    ask.add_argument("--question", required=True, help="The question about the image.")
+    ask.add_argument("--model", help="Hub id or folder of the checkpoint (VISIONTHINK_MODEL); 'auto' asks the server.")
+    ask.add_argument("--revision", help="Hub revision of the checkpoint (VISIONTHINK_REVISION).")
+    ask.add_argument("--backend", choices=("transformers", "openai"), help="VISIONTHINK_BACKEND.")
+    ask.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (VISIONTHINK_BASE_URL).")
+    ask.add_argument("--device", help="auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE).")
+    ask.add_argument("--mode", choices=MODES, default="auto", help="auto (VisionThink), low (1/4 image) or high (full image).")
+    ask.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
+    ask.add_argument("--temperature", type=float, help="0 is greedy (VISIONTHINK_TEMPERATURE).")
+    ask.add_argument("--json", action="store_true", help="Print exactly one JSON object and nothing else on stdout.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        settings = _settings(args)
+        from visionthink.engine import prepare_inputs
+
+        image, question = prepare_inputs(args.image, args.question, args.mode, max_image_pixels=settings.max_image_pixels)
+    except (ImageError, QuestionError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from visionthink.loader import ModelLoadError, load_engine
+
+    try:
+        engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if engine.notice:
+        print(f"WARNING: {engine.notice}", file=sys.stderr)
+    if args.json:
+        answer = engine.ask(image, question, args.mode)
+        print(json.dumps(answer.to_json(), ensure_ascii=False))
+        return 0
+    _print_stream(engine.stream(image, question, args.mode))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {
+        "model": args.model,
+        "revision": args.revision,
+        "backend": args.backend,
+        "base_url": args.base_url,
+        "device": args.device,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+    }
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _print_stream(events) -> None:
+    out = sys.stdout
+    for event in events:
+        if isinstance(event, TurnStarted):
+            sizes = ", ".join(f"{w}x{h}" for w, h in event.image_sizes)
+            out.write(f"\n── Turn {event.index + 1} (images in context: {sizes}) ──\n")
+        elif isinstance(event, TextDelta):
+            out.write(event.text)
+        elif isinstance(event, TurnFinished):
+            turn = event.turn
+            out.write(f"\n[{turn.kind}; {turn.generated_tokens} tokens in {turn.latency_s:.2f} s]\n")
+            if turn.kind == "invalid":
+                out.write(f"Invalid turn: {turn.reason}\n")
+        elif isinstance(event, HighResRequested):
+            w, h = event.size
+            out.write(f"→ Asked for the full-resolution image ({w}x{h}, {event.tokens} visual tokens)\n")
+        elif isinstance(event, Done):
+            out.write(summary(event.answer))
+        out.flush()
+
+
+def summary(answer: Answer) -> str:
+    t = answer.tokens
+    decision = (
+        "Asked for the full-resolution image"
+        if answer.requested_high_res
+        else {"auto": "Answered from the 1/4-resolution image", "low": "1/4-resolution image only (forced)",
+              "high": "Full-resolution image only (forced)"}[answer.mode]
+    )
+    final = answer.answer if answer.answer is not None else f"(no answer: {answer.stop_reason.replace('_', ' ')})"
+    return (
+        f"\nModel: {answer.model}\n"
+        f"Decision: {decision}\n"
+        f"Answer: {final}\n"
+        f"Visual tokens: {t.used} used vs {t.full_res} at full resolution "
+        f"({t.retained_ratio:.1%}; saved {t.saved}); low-res {t.low_res}, high-res {t.high_res}\n"
+        f"Latency: {answer.latency_s:.2f} s ("
+        + ", ".join(f"turn {r.index + 1}: {r.latency_s:.2f} s" for r in answer.turns)
+        + ")\n"
+    )

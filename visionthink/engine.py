@@ -1,0 +1,364 @@
+"""The VisionThink loop: show the model the 1/4-resolution image, hand it the full image only when it asks.
+
+``Engine.ask`` runs one episode and returns an ``Answer``; ``Engine.stream`` yields events as the episode runs,
+for the UI. A backend (local transformers or an OpenAI-compatible server, see ``visionthink.backends``) generates
+one model turn at a time; everything else, the protocol, the turn budget and the token accounting, lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from PIL import Image as PILImage
+
+from visionthink import protocol
+from visionthink.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageError,
+    TokenReport,
+    downsample,
+    full_resolution,
+    load_image,
+    visual_tokens,
+)
+
+Mode = Literal["auto", "low", "high"]
+MODES: tuple[Mode, ...] = ("auto", "low", "high")
+MODE_LABELS = {
+    "auto": "VisionThink: 1/4 image first, the full image only when the model asks",
+    "low": "1/4-resolution image only",
+    "high": "Full-resolution image only (the baseline)",
+}
+#: Why an episode ended.
+StopReason = Literal["answer", "tool_call_at_turn_limit", "invalid", "truncated"]
+
+# What the model is told when it asks for the full image in a mode that cannot give it.
+_NO_RESIZE_IN_MODE = {
+    "low": "The full-resolution image is not available in this mode. Answer from the current image",
+    "high": "The image is already at full resolution. Answer from the current image",
+}
+
+
+class QuestionError(ValueError):
+    """A question that cannot be asked; the message is for a person."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How each model turn is sampled. Temperature 0 is greedy decoding, as in the paper's evaluation."""
+
+    max_new_tokens: int = 2048
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+# --- What a backend does ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TurnRequest:
+    """One model turn to generate: the conversation so far and its images in slot order."""
+
+    conversation: protocol.Conversation
+    images: list[PILImage.Image]
+    settings: GenerationSettings
+    turn_index: int
+
+
+@dataclass
+class TurnOutput:
+    """What a backend generated for one turn."""
+
+    text: str  # without the end-of-turn token
+    generated_tokens: int
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int | None = None
+    image_tokens: list[int] | None = None  # visual tokens per image, as the backend's processor counted them
+
+
+class Backend(Protocol):
+    """Generates model turns. ``generate`` yields text deltas (str) and, last, one ``TurnOutput``."""
+
+    model_id: str
+    pixel_limits: tuple[int, int]
+
+    def generate(self, request: TurnRequest) -> Iterator[str | TurnOutput]: ...
+
+
+# --- Results ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TurnRecord:
+    """One model turn of an episode, parsed, with its cost."""
+
+    index: int
+    kind: protocol.TurnKind
+    text: str
+    think: str | None
+    answer: str | None
+    boxed: str | None
+    reason: str | None
+    attempted_tool_call: bool
+    latency_s: float
+    generated_tokens: int
+    finish_reason: str
+    prompt_tokens: int | None = None
+    image_tokens: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "think": self.think,
+            "text": self.text,
+            "answer": self.answer,
+            "boxed": self.boxed,
+            "reason": self.reason,
+            "latency_s": round(self.latency_s, 4),
+            "generated_tokens": self.generated_tokens,
+            "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass
+class Answer:
+    """One VisionThink episode: every turn, the final answer, the resolution decision and the token report."""
+
+    question: str
+    mode: Mode
+    model: str
+    turns: list[TurnRecord]
+    answer: str | None
+    requested_high_res: bool
+    tokens: TokenReport
+    latency_s: float
+    stop_reason: StopReason
+    original_size: tuple[int, int]
+    #: The images the model received, in order (the first is the 1/4 image in "auto" and "low" modes).
+    seen_images: list[PILImage.Image] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def boxed(self) -> str | None:
+        return self.turns[-1].boxed if self.answer is not None else None
+
+    def to_json(self) -> dict:
+        return {
+            "answer": self.answer,
+            "requested_high_res": self.requested_high_res,
+            "turns": [t.to_dict() for t in self.turns],
+            "tokens": self.tokens.to_dict(),
+            "latency_s": round(self.latency_s, 4),
+            "model": self.model,
+            "mode": self.mode,
+            "stop_reason": self.stop_reason,
+        }
+
+
+# --- Events for streaming --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    index: int
+    image_sizes: tuple[tuple[int, int], ...]  # every image in context for this turn
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    turn: TurnRecord
+
+
+@dataclass(frozen=True)
+class HighResRequested:
+    """The model called ``resize_image`` and the full-resolution image is added to the next turn."""
+
+    index: int  # the turn that asked
+    size: tuple[int, int]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Done:
+    answer: Answer
+
+
+Event = TurnStarted | TextDelta | TurnFinished | HighResRequested | Done
+
+
+# --- The engine ------------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Runs VisionThink episodes on a backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        settings: GenerationSettings | None = None,
+        max_turns: int = 2,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        notice: str | None = None,
+    ) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}.")
+        self.backend = backend
+        self.settings = settings or GenerationSettings()
+        self.max_turns = max_turns
+        self.max_image_pixels = max_image_pixels
+        #: A message for people about this engine (e.g. that it fell back to the tiny random model).
+        self.notice = notice
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def ask(self, image, question: str, mode: Mode = "auto", *, settings: GenerationSettings | None = None) -> Answer:
+        """Run one episode and return its ``Answer``. ``image`` is a path, bytes or a PIL image."""
+        for event in self.stream(image, question, mode, settings=settings):
+            if isinstance(event, Done):
+                return event.answer
+        raise RuntimeError("The episode ended without a result.")  # unreachable: stream always ends with Done
+
+    def prepare(self, image, question: str, mode: Mode) -> tuple[PILImage.Image, str]:
+        """Validate the inputs before any model work; raises ``ImageError`` or ``QuestionError`` for people."""
+        return prepare_inputs(image, question, mode, max_image_pixels=self.max_image_pixels)
+
+    def stream(
+        self, image, question: str, mode: Mode = "auto", *, settings: GenerationSettings | None = None
+    ) -> Iterator[Event]:
+        """Run one episode, yielding events; the last event is ``Done`` with the ``Answer``."""
+        original, question = self.prepare(image, question, mode)
+        settings = settings or self.settings
+        min_pixels, max_pixels = self.backend.pixel_limits
+        full = full_resolution(original)
+        low = downsample(original)
+        full_tokens = visual_tokens(*full.size, min_pixels, max_pixels)
+        images = [full if mode == "high" else low]
+        conversation = protocol.Conversation.start(question)
+        turns: list[TurnRecord] = []
+        requested_high_res = False
+        stop_reason: StopReason = "invalid"
+        started = time.perf_counter()
+
+        for index in range(self.max_turns):
+            yield TurnStarted(index, tuple(im.size for im in images))
+            turn_started = time.perf_counter()
+            output: TurnOutput | None = None
+            for item in self.backend.generate(TurnRequest(conversation, list(images), settings, index)):
+                if isinstance(item, TurnOutput):
+                    output = item
+                elif item:
+                    yield TextDelta(index, item)
+            if output is None:
+                raise RuntimeError(f"The backend {type(self.backend).__name__} returned no turn output.")
+            record = _record(index, output, time.perf_counter() - turn_started, settings)
+            turns.append(record)
+            conversation.add_model_turn(output.text)
+            yield TurnFinished(record)
+
+            if record.kind == "answer":
+                stop_reason = "answer"
+                break
+            if output.finish_reason == "length" and record.kind == "invalid":
+                stop_reason = "truncated"
+                break
+            if index == self.max_turns - 1:
+                stop_reason = "tool_call_at_turn_limit" if record.kind == "tool_call" else "invalid"
+                break
+            if record.kind == "tool_call":
+                if mode == "auto":
+                    conversation.add_tool_response()
+                    images.append(full)
+                    requested_high_res = True
+                    yield HighResRequested(index, full.size, full_tokens)
+                else:
+                    conversation.add_error(_NO_RESIZE_IN_MODE[mode])
+            elif record.attempted_tool_call:
+                conversation.add_error((record.reason or "Invalid tool call").rstrip("."))
+            else:
+                stop_reason = "invalid"  # neither an answer nor a call: nothing to respond to
+                break
+
+        first_tokens = visual_tokens(*images[0].size, min_pixels, max_pixels)
+        if mode == "high":
+            report = TokenReport.build(low_res=0, high_res=first_tokens, full_res=full_tokens)
+        else:
+            report = TokenReport.build(
+                low_res=first_tokens, high_res=full_tokens if requested_high_res else 0, full_res=full_tokens
+            )
+        final = turns[-1]
+        answer = Answer(
+            question=question,
+            mode=mode,
+            model=self.model_id,
+            turns=turns,
+            answer=final.answer if final.kind == "answer" else None,
+            requested_high_res=requested_high_res,
+            tokens=report,
+            latency_s=time.perf_counter() - started,
+            stop_reason=stop_reason,
+            original_size=original.size,
+            seen_images=images,
+        )
+        yield Done(answer)
+
+
+def prepare_inputs(
+    image, question: str, mode: Mode = "auto", *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[PILImage.Image, str]:
+    """Check a question and load its image, without a model; raises ``ImageError`` or ``QuestionError``."""
+    if mode not in MODES:
+        raise QuestionError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    question = (question or "").strip()
+    if not question:
+        raise QuestionError("The question is empty. Type what you want to know about the image.")
+    try:
+        protocol.problem_text(question)
+    except ValueError as exc:
+        raise QuestionError(str(exc)) from exc
+    if image is None:
+        raise ImageError("No image was given. Upload an image or pick an example.")
+    original = load_image(image, max_pixels=max_image_pixels)
+    downsample(original)  # raises ImageError for aspect ratios the model refuses
+    return original, question
+
+
+def _record(index: int, output: TurnOutput, latency_s: float, settings: GenerationSettings) -> TurnRecord:
+    turn = protocol.parse_turn(output.text)
+    reason = turn.reason
+    if turn.kind == "invalid" and output.finish_reason == "length":
+        reason = f"The turn was cut off at the {settings.max_new_tokens}-token limit before it finished. {reason}"
+    return TurnRecord(
+        index=index,
+        kind=turn.kind,
+        text=turn.text,
+        think=turn.think,
+        answer=turn.answer,
+        boxed=turn.boxed,
+        reason=reason,
+        attempted_tool_call=turn.attempted_tool_call,
+        latency_s=latency_s,
+        generated_tokens=output.generated_tokens,
+        finish_reason=output.finish_reason,
+        prompt_tokens=output.prompt_tokens,
+        image_tokens=output.image_tokens,
+    )
+

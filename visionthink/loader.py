@@ -1,0 +1,91 @@
+"""Build an ``Engine`` from ``Settings``: the chosen checkpoint, or, when it cannot be loaded, the tiny random model.
+
+The fallback keeps the app and the terminal command usable offline, and says plainly that its answers are
+meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from visionthink.engine import Engine, GenerationSettings
+from visionthink.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded or reached and no fallback applies; the message is for a person."""
+
+
+def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
+    """Load the model named in ``settings``; fall back to the tiny model when allowed and necessary.
+
+    ``progress`` receives one-line status messages for people (loading steps, the fallback notice).
+    """
+    say = progress or (lambda message: log.info(message))
+    generation = GenerationSettings(
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p
+    )
+    if settings.backend == "openai":
+        from visionthink.backends import OpenAIBackend
+
+        from visionthink.backends import BackendError
+
+        say(f"Connecting to the model server at {settings.base_url} …")
+        try:
+            backend = OpenAIBackend(
+                settings.base_url,
+                None if settings.model == "auto" else settings.model,
+                api_key=settings.api_key,
+                timeout_s=settings.request_timeout_s,
+            )
+        except BackendError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        say(f"Using {backend.model_id} served at {settings.base_url}.")
+        return _engine(backend, generation, settings)
+
+    from visionthink import hf
+    from visionthink.backends import TransformersBackend
+
+    notice = None
+    name = settings.model
+    try:
+        say(f"Looking for {name} …")
+        hf.check_available(name, revision=settings.revision)
+        say(f"Loading {name} (this can take a few minutes for a 7B model) …")
+        backend = TransformersBackend.load(name, revision=settings.revision, device=settings.device)
+    except (hf.ModelUnavailable, OSError) as exc:
+        if settings.fallback != "tiny":
+            raise ModelLoadError(f"Could not load {name}: {exc}") from exc
+        from visionthink.tiny import TINY_MODEL_NAME, ensure_tiny_model
+
+        notice = (
+            f"Could not load {name}: {exc} Running the tiny random test model ({TINY_MODEL_NAME}) instead: "
+            "its answers are meaningless. Set VISIONTHINK_MODEL to a downloaded checkpoint, or connect to a "
+            "server with VISIONTHINK_BACKEND=openai, for real answers."
+        )
+        say(notice)
+        say("Building or loading the tiny model …")
+        folder = ensure_tiny_model(settings.tiny_dir)
+        backend = TransformersBackend.load(str(folder), device=settings.device, model_id=TINY_MODEL_NAME)
+        generation = GenerationSettings(
+            max_new_tokens=min(settings.max_new_tokens, settings.tiny_max_new_tokens),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+        )
+    say(f"Ready: {backend.model_id}.")
+    return _engine(backend, generation, settings, notice)
+
+
+def _engine(backend, generation: GenerationSettings, settings: Settings, notice: str | None = None) -> Engine:
+    return Engine(
+        backend,
+        settings=generation,
+        max_turns=settings.max_turns,
+        max_image_pixels=settings.max_image_pixels,
+        notice=notice,
+    )

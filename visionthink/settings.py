@@ -1,0 +1,95 @@
+"""Every setting of VisionThink Studio in one place, read from environment variables (README has the table).
+
+Command-line flags override these through ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from visionthink.images import DEFAULT_MAX_IMAGE_PIXELS
+
+DEFAULT_MODEL = "Senqiao/VisionThink-Efficient"
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    backend: str = "transformers"  # transformers | openai
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str | None = None
+    device: str = "auto"
+    max_new_tokens: int = 2048
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_turns: int = 2
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    fallback: str = "tiny"  # tiny | none
+    tiny_dir: Path = Path.home() / ".cache" / "visionthink" / "tiny-qwen2.5-vl"
+    tiny_max_new_tokens: int = 128
+    request_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("transformers", "openai"):
+            raise SettingsError(f"VISIONTHINK_BACKEND must be 'transformers' or 'openai', not {self.backend!r}.")
+        if self.fallback not in ("tiny", "none"):
+            raise SettingsError(f"VISIONTHINK_FALLBACK must be 'tiny' or 'none', not {self.fallback!r}.")
+        for name in ("max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_NAMES[f.name])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw)
+        if "api_key" not in values and environ.get("OPENAI_API_KEY"):
+            values["api_key"] = environ["OPENAI_API_KEY"]
+        return cls(**values)
+
+
+ENV_NAMES = {
+    "model": "VISIONTHINK_MODEL",
+    "revision": "VISIONTHINK_REVISION",
+    "backend": "VISIONTHINK_BACKEND",
+    "base_url": "VISIONTHINK_BASE_URL",
+    "api_key": "VISIONTHINK_API_KEY",
+    "device": "VISIONTHINK_DEVICE",
+    "max_new_tokens": "VISIONTHINK_MAX_NEW_TOKENS",
+    "temperature": "VISIONTHINK_TEMPERATURE",
+    "top_p": "VISIONTHINK_TOP_P",
+    "max_turns": "VISIONTHINK_MAX_TURNS",
+    "max_image_pixels": "VISIONTHINK_MAX_IMAGE_PIXELS",
+    "fallback": "VISIONTHINK_FALLBACK",
+    "tiny_dir": "VISIONTHINK_TINY_DIR",
+    "tiny_max_new_tokens": "VISIONTHINK_TINY_MAX_NEW_TOKENS",
+    "request_timeout_s": "VISIONTHINK_REQUEST_TIMEOUT",
+}
+
+_INTS = {"max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens"}
+_FLOATS = {"temperature", "top_p", "request_timeout_s"}
+
+
+def _convert(name: str, raw: str):
+    try:
+        if name in _INTS:
+            return int(raw.replace("_", ""))
+        if name in _FLOATS:
+            return float(raw)
+    except ValueError:
+        kind = "a whole number" if name in _INTS else "a number"
+        raise SettingsError(f"{ENV_NAMES[name]} must be {kind}, not {raw!r}.") from None
+    if name == "tiny_dir":
+        return Path(raw).expanduser()
+    return raw
