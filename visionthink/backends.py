@@ -83,23 +83,28 @@ class TransformersBackend:
         text = request.conversation.render()
         inputs = self.processor(text=[text], images=request.images, return_tensors="pt").to(self.model.device)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        cancelled = threading.Event()
         result: dict = {}
 
         def run() -> None:
             try:
-                result["ids"] = self._run_generate(inputs, streamer, request)
+                result["ids"] = self._run_generate(inputs, streamer, request, cancelled)
             except BaseException as exc:  # reported on the caller's thread below
                 result["error"] = exc
                 streamer.end()
 
         thread = threading.Thread(target=run, name="visionthink-generate", daemon=True)
         thread.start()
-        for delta in streamer:
-            for stop in protocol.STOP_STRINGS:
-                delta = delta.replace(stop, "")
-            if delta:
-                yield delta
-        thread.join()
+        try:
+            for delta in streamer:
+                for stop in protocol.STOP_STRINGS:
+                    delta = delta.replace(stop, "")
+                if delta:
+                    yield delta
+        finally:
+            # The consumer stopped early (a closed browser tab, an error): stop generating at the next token.
+            cancelled.set()
+            thread.join()
         if "error" in result:
             raise result["error"]
 
@@ -117,9 +122,13 @@ class TransformersBackend:
             image_tokens=image_tokens,
         )
 
-    def _run_generate(self, inputs, streamer, request: TurnRequest):
+    def _run_generate(self, inputs, streamer, request: TurnRequest, cancelled: threading.Event):
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
 
         settings = request.settings
         sampling = settings.temperature > 0
@@ -139,6 +148,7 @@ class TransformersBackend:
                 **inputs,
                 generation_config=config,
                 logits_processor=LogitsProcessorList(extra),
+                stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 streamer=streamer,
             )
 

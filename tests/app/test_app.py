@@ -1,9 +1,8 @@
-"""The demo page launched on 127.0.0.1 and driven end to end with gradio_client."""
+"""The demo page launched on 127.0.0.1 and driven end to end with gradio_client (`forced_app` is in conftest.py)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,39 +13,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.model_slot import ModelSlot
-from app.ui import build_demo, launch_kwargs
-from tests.support.forcing import ANSWER_TURN, TOOL_TURN, forcing_factory
-from visionthink.backends import TransformersBackend
-from visionthink.engine import Engine, GenerationSettings
+from tests.app.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def forced_app(tiny_model_dir):
-    """The page with a tiny model forced to ask for the full image, then answer."""
-    from visionthink.hf import load_model, load_processor
-
-    processor = load_processor(str(tiny_model_dir))
-    backend = TransformersBackend(
-        load_model(str(tiny_model_dir), device="cpu"), processor, "tiny-forced",
-        logits_processor_factory=forcing_factory(processor.tokenizer, [TOOL_TURN, ANSWER_TURN]),
-    )
-    engine = Engine(backend, settings=GenerationSettings(max_new_tokens=96))
-    demo = build_demo(ModelSlot.ready(engine))
-    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                        **launch_kwargs())
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
 
 
 @pytest.fixture

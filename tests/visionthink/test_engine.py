@@ -195,3 +195,28 @@ def test_bad_inputs_are_refused_before_generation(tiny_parts, picture, tmp_path)
     with pytest.raises(QuestionError, match="mode"):
         engine.ask(picture, "What?", mode="medium")
     assert backend.requests == []
+
+
+def test_closing_the_stream_stops_generation(tiny_parts, picture):
+    """A consumer that goes away (a closed browser tab) must not leave the model generating."""
+    model, processor = tiny_parts
+    steps: list[int] = []
+
+    class Count:
+        def __call__(self, input_ids, scores):
+            steps.append(input_ids.shape[1])
+            return scores
+
+    backend = TransformersBackend(model, processor, "tiny", logits_processor_factory=lambda turn: [Count()])
+    engine = Engine(backend, settings=GenerationSettings(max_new_tokens=2000))
+    events = engine.stream(picture, "Anything?")
+    for event in events:
+        if isinstance(event, TextDelta):
+            break
+    events.close()  # runs the backend's cleanup: cancel, then join the generation thread
+    assert 0 < len(steps) < 200
+    count = len(steps)
+    import time
+
+    time.sleep(0.3)
+    assert len(steps) == count  # nothing is still generating in the background

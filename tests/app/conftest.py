@@ -1,0 +1,55 @@
+"""The demo page with the tiny random model forced down the tool-call path, shared by the gradio_client tests,
+the browser tests and `python -m tests.app.screenshot`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from app.examples import Example
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_forced_demo(tiny_model_dir: Path, examples: list[Example] | None = None) -> Iterator[str]:
+    """Launch the page on 127.0.0.1 with the tiny model forced to ask for the full image, then answer 44.6.
+
+    Yields the page's URL; the server is closed afterwards.
+    """
+    from app.model_slot import ModelSlot
+    from app.ui import build_demo, launch_kwargs
+    from tests.support.forcing import ANSWER_TURN, TOOL_TURN, forcing_factory
+    from visionthink.backends import TransformersBackend
+    from visionthink.engine import Engine, GenerationSettings
+    from visionthink.hf import load_model, load_processor
+
+    processor = load_processor(str(tiny_model_dir))
+    backend = TransformersBackend(
+        load_model(str(tiny_model_dir), device="cpu"), processor, "tiny-forced",
+        logits_processor_factory=forcing_factory(processor.tokenizer, [TOOL_TURN, ANSWER_TURN]),
+    )
+    engine = Engine(backend, settings=GenerationSettings(max_new_tokens=96))
+    demo = build_demo(ModelSlot.ready(engine), examples)
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **launch_kwargs())
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def forced_app(tiny_model_dir) -> Iterator[str]:
+    """The page with a tiny model forced to ask for the full image, then answer."""
+    with serve_forced_demo(tiny_model_dir) as url:
+        yield url
