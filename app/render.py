@@ -77,6 +77,8 @@ class Transcript:
             answer = event.answer
             if answer.answer is not None:
                 content = text(answer.answer)
+                if answer.boxed is not None:
+                    content += f"\n\n**Final value:** {text(answer.boxed)}"
             else:
                 reason = answer.turns[-1].reason or answer.stop_reason.replace("_", " ")
                 content = f"*No answer ({answer.stop_reason.replace('_', ' ')}).* {text(reason)}"
@@ -110,7 +112,7 @@ def token_report(answer: Answer) -> str:
     colour = "#15803d" if t.saved >= 0 else "#b45309"
     return f"""<div id="vt-tokens" class="vt-tokens">
 <div><b>{t.used}</b> visual tokens used vs <b>{t.full_res}</b> at full resolution
- (<b>{t.retained_ratio:.1%}</b> retained) — {saved}</div>
+ (<b>{t.retained_ratio:.1%}</b> of a full-resolution pass) — {saved}</div>
 <div style="margin:6px 0 2px">This answer: low-res {t.low_res} + high-res {t.high_res}</div>
 <div style="background:#e5e7eb;border-radius:4px;height:14px"><div style="width:{used_pct:.1f}%;background:{colour};height:14px;border-radius:4px"></div></div>
 <div style="margin:6px 0 2px">Single pass on the full image</div>

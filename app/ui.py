@@ -73,7 +73,7 @@ def build_demo(slot: ModelSlot, examples: list[Example] | None = None) -> gr.Blo
         with gr.Row():
             with gr.Column(scale=5):
                 image = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=360,
-                                      image_mode=None)
+                                      image_mode=None, elem_id="vt-image")
                 question = gr.Textbox(label="Question", placeholder="What does the small print say?", lines=2)
                 mode = gr.Radio(
                     [(label, key) for key, label in MODE_LABELS.items()], value="auto", label="Resolution"
@@ -87,8 +87,8 @@ def build_demo(slot: ModelSlot, examples: list[Example] | None = None) -> gr.Blo
                 decision = gr.HTML("", elem_id="vt-badge-box")
                 chat = gr.Chatbot(label="Reasoning", height=460, elem_id="vt-chat", feedback_options=None,
                                   buttons=["copy"])
-                seen = gr.Gallery(label="What the model saw", columns=2, height=260, elem_id="vt-seen",
-                                  object_fit="contain", format="png")
+                seen = gr.Gallery(label="What the model saw first, and the original", columns=2, height="auto",
+                                  elem_id="vt-seen", object_fit="contain", format="png", preview=False)
                 tokens = gr.HTML("", elem_id="vt-tokens-box")
 
         def refresh_status():

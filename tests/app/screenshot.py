@@ -1,0 +1,84 @@
+"""Draw docs/screenshot.png: the demo page after one full VisionThink episode, thinking sections opened.
+
+    python -m tests.app.screenshot docs/screenshot.png     (what `make screenshot` runs)
+
+Runs fully offline: the tiny random model is built into a temp dir and forced (tests/support/forcing.py) to call
+`resize_image`, then answer, on the project's own chart example. A `.jpg`/`.jpeg` output is written as JPEG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from app.examples import ensure_examples
+from tests.app.conftest import serve_forced_demo
+from tests.support.browser import chromium_page
+
+WIDTH = 1400
+HEIGHT = 1000
+ANSWER_TIMEOUT_MS = 120_000
+
+
+def ask_and_open_thinking(page: Page, image: Path, question: str) -> None:
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    expect(page.locator("[data-testid=image] .image-frame img")).to_have_attribute("src", re.compile("gradio_api/file="))
+    page.get_by_label("Question").fill(question)
+    page.locator("#ask-button").click()
+    expect(page.locator("#vt-tokens")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
+    expect(page.locator("#vt-seen .gallery-item img")).to_have_count(2)
+
+    groups = page.locator("#vt-chat .thought-group")
+    expect(groups).to_have_count(3)  # turn 1, the resize step, turn 2
+    for i in range(groups.count()):
+        group = groups.nth(i)
+        body = group.locator(".content")
+        if body.count() == 0 or not body.is_visible():
+            group.locator(".title").click()
+        expect(group.locator(".content")).to_be_visible()
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+
+
+def settle(page: Page) -> None:
+    """Make the viewport as tall as the page (so lazy images load) and wait for images and fonts."""
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": max(HEIGHT, height)})
+    page.wait_for_function("Array.from(document.images).every(img => img.complete && img.naturalWidth > 0)")
+    page.evaluate("document.fonts.ready")
+    page.wait_for_timeout(500)  # the thinking sections' open animation
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="docs/screenshot.png", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from visionthink.tiny import build_tiny_model
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vt-screenshot-") as tmp:
+        tiny = build_tiny_model(Path(tmp) / "tiny", seed=0)
+        examples = ensure_examples(Path(tmp) / "examples")
+        chart = next(e for e in examples if e.name == "chart")
+        with serve_forced_demo(tiny, examples) as url, chromium_page(viewport=(WIDTH, HEIGHT)) as page:
+            page.goto(url)
+            expect(page.locator("#ask-button")).to_be_visible()
+            ask_and_open_thinking(page, chart.path, chart.question)
+            settle(page)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            jpeg = args.out.suffix.lower() in (".jpg", ".jpeg")
+            page.screenshot(path=str(args.out), full_page=True, type="jpeg" if jpeg else "png",
+                            **({"quality": 85} if jpeg else {}))
+    size_kb = args.out.stat().st_size / 1024
+    print(f"wrote {args.out} ({size_kb:.0f} KB) in {time.monotonic() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
