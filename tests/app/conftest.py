@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from app.examples import Example
 
@@ -53,3 +55,12 @@ def forced_app(tiny_model_dir) -> Iterator[str]:
     """The page with a tiny model forced to ask for the full image, then answer."""
     with serve_forced_demo(tiny_model_dir) as url:
         yield url
+
+
+@pytest.fixture
+def chart(tmp_path) -> Path:
+    """A 448x336 noise image: 192 visual tokens in full, 48 at 1/4 resolution."""
+    rng = np.random.default_rng(11)
+    path = tmp_path / "chart.png"
+    Image.fromarray(rng.integers(0, 255, size=(336, 448, 3), dtype=np.uint8)).save(path)
+    return path

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -16,14 +15,6 @@ from PIL import Image
 from tests.app.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def chart(tmp_path) -> Path:
-    rng = np.random.default_rng(11)
-    path = tmp_path / "chart.png"
-    Image.fromarray(rng.integers(0, 255, size=(336, 448, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_ask_streams_the_whole_loop(forced_app, chart):

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from playwright.sync_api import Page, expect
 
 from tests.support.browser import chromium_page
@@ -32,14 +30,6 @@ def open_demo(url: str) -> Iterator[Page]:
         page.goto(url)
         expect(page.locator("#ask-button")).to_be_visible()
         yield page
-
-
-@pytest.fixture
-def chart(tmp_path) -> Path:
-    rng = np.random.default_rng(11)
-    path = tmp_path / "chart.png"
-    Image.fromarray(rng.integers(0, 255, size=(336, 448, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def upload_and_ask(page: Page, image: Path, question: str) -> None:
