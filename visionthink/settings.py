@@ -6,12 +6,19 @@ Command-line flags override these through ``dataclasses.replace``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from visionthink.images import DEFAULT_MAX_IMAGE_PIXELS
 
 DEFAULT_MODEL = "Senqiao/VisionThink-Efficient"
+
+
+def default_db_url() -> str:
+    """A SQLite file under data/, or on Hugging Face Spaces under the persistent /data mount when there is one."""
+    if os.environ.get("SPACE_ID") and os.path.isdir("/data") and os.access("/data", os.W_OK):
+        return "sqlite:////data/visionthink.db"
+    return "sqlite:///data/visionthink.db"
 
 
 class SettingsError(ValueError):
@@ -35,13 +42,19 @@ class Settings:
     tiny_dir: Path = Path.home() / ".cache" / "visionthink" / "tiny-qwen2.5-vl"
     tiny_max_new_tokens: int = 128
     request_timeout_s: float = 600.0
+    db_url: str = field(default_factory=default_db_url)
+    ratings_per_item: int = 2
+    users: str = ""  # "name:role:hash;…" (hash from `python -m store.users hash`; no hash with Spaces sign-in)
+    users_file: Path | None = None
+    anonymous_rating: bool = False
+    store_enabled: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in ("transformers", "openai"):
             raise SettingsError(f"VISIONTHINK_BACKEND must be 'transformers' or 'openai', not {self.backend!r}.")
         if self.fallback not in ("tiny", "none"):
             raise SettingsError(f"VISIONTHINK_FALLBACK must be 'tiny' or 'none', not {self.fallback!r}.")
-        for name in ("max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens"):
+        for name in ("max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens", "ratings_per_item"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}.")
 
@@ -75,10 +88,18 @@ ENV_NAMES = {
     "tiny_dir": "VISIONTHINK_TINY_DIR",
     "tiny_max_new_tokens": "VISIONTHINK_TINY_MAX_NEW_TOKENS",
     "request_timeout_s": "VISIONTHINK_REQUEST_TIMEOUT",
+    "db_url": "VISIONTHINK_DB_URL",
+    "ratings_per_item": "VISIONTHINK_RATINGS_PER_ITEM",
+    "users": "VISIONTHINK_USERS",
+    "users_file": "VISIONTHINK_USERS_FILE",
+    "anonymous_rating": "VISIONTHINK_ANONYMOUS_RATING",
+    "store_enabled": "VISIONTHINK_STORE",
 }
 
-_INTS = {"max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens"}
+_INTS = {"max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens", "ratings_per_item"}
 _FLOATS = {"temperature", "top_p", "request_timeout_s"}
+_BOOLS = {"anonymous_rating", "store_enabled"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def _convert(name: str, raw: str):
@@ -90,6 +111,10 @@ def _convert(name: str, raw: str):
     except ValueError:
         kind = "a whole number" if name in _INTS else "a number"
         raise SettingsError(f"{ENV_NAMES[name]} must be {kind}, not {raw!r}.") from None
-    if name == "tiny_dir":
+    if name in _BOOLS:
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise SettingsError(f"{ENV_NAMES[name]} must be 1 or 0 (true or false), not {raw!r}.")
+    if name in ("tiny_dir", "users_file"):
         return Path(raw).expanduser()
     return raw

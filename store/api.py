@@ -1,0 +1,522 @@
+"""The store's API: what the app and ``train/`` may do with stored answers and ratings, and who may do it.
+
+Every call takes an ``Actor``; roles are checked here, not only by hiding parts of the page. No SQLAlchemy object
+leaves this module: callers get plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+
+from PIL import Image as PILImage
+from sqlalchemy import distinct, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.consensus import Consensus, Vote, consensus, normalise
+from store.db import Database, StoreError
+from store.models import DECISIONS, ROLES, SOURCES, VERDICTS, Ask, ModelVersion, Rating, Skip, StoredImage, User, utcnow
+from visionthink.engine import Answer
+from visionthink.images import TokenReport
+
+MAX_TEXT = 10_000
+LATEST_RATINGS = 50
+
+
+class PermissionDenied(StoreError):
+    """The actor's role does not allow this; the message says which role would."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is calling: a signed-in user with a role, an anonymous visitor (one browser session), or the system."""
+
+    name: str | None
+    role: str
+    session: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"Unknown role {self.role!r}; roles are {', '.join(ROLES)}.")
+
+    @classmethod
+    def anonymous(cls, session: str | None = None) -> Actor:
+        return cls(None, "viewer", session)
+
+    @classmethod
+    def system(cls) -> Actor:
+        """The operator on the machine (command-line tools, training): admin rights."""
+        return cls("system", "admin")
+
+    @property
+    def rater(self) -> str:
+        return self.name if self.name else f"anon:{self.session or 'unknown'}"
+
+    @property
+    def signed_in(self) -> bool:
+        return self.name is not None
+
+
+def require(actor: Actor, *roles: str, to: str) -> None:
+    if actor.role not in roles:
+        you = f"signed in as {actor.name} ({actor.role})" if actor.signed_in else "not signed in"
+        raise PermissionDenied(f"Only {' or '.join(roles)} users may {to}; you are {you}.")
+
+
+# --- Views returned to callers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatingView:
+    id: int
+    ask_id: int
+    rater: str | None  # None when the caller may not see who rated
+    source: str
+    verdict: str
+    reference_answer: str | None
+    decision: str | None
+    comment: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AskView:
+    id: int
+    image_sha256: str
+    image_size: tuple[int, int]
+    question: str
+    model_id: str
+    model_revision: str
+    mode: str
+    turns: list[dict]
+    answer: str | None
+    requested_high_res: bool
+    stop_reason: str
+    tokens: TokenReport
+    latency_s: float
+    consent: bool
+    created_at: datetime
+    ratings: list[RatingView] = field(default_factory=list)
+    consensus: Consensus | None = None
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    done_today: int
+    left: int
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    model_id: str
+    revision: str
+    asks: int
+    judged: int  # answers with a human consensus verdict
+    correct: int
+    accuracy: float | None
+    auto_asks: int
+    high_res_requests: int
+    high_res_ratio: float | None
+    tokens_saved_total: int
+    tokens_saved: list[int]  # per ask, for the distribution
+    mean_latency_s: float | None
+
+
+@dataclass(frozen=True)
+class AnnotatorStats:
+    rater: str
+    ratings: int
+    today: int
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    asks: int
+    consented: int
+    rated: int
+    ratings: int
+    disputed: int
+    versions: list[VersionStats]
+    latest: list[RatingView]
+    annotators: list[AnnotatorStats] | None  # admins only
+
+
+@dataclass(frozen=True)
+class ConsensusItem:
+    """An answer with its consensus and the votes behind it, as exports need it."""
+
+    ask: AskView
+    image_png: bytes
+    votes: list[RatingView]
+    consensus: Consensus
+
+
+# --- The store -------------------------------------------------------------------------------------------------
+
+
+class Store:
+    """All reads and writes of stored answers and ratings."""
+
+    def __init__(self, url: str, *, ratings_per_item: int = 2, anonymous_thumbs: bool = False,
+                 upgrade: bool = True) -> None:
+        if ratings_per_item < 1:
+            raise StoreError(f"VISIONTHINK_RATINGS_PER_ITEM must be at least 1, not {ratings_per_item}.")
+        self.db = Database(url)
+        self.ratings_per_item = ratings_per_item
+        self.anonymous_thumbs = anonymous_thumbs
+        if upgrade:
+            self.db.upgrade()
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # --- users ---
+
+    def sync_users(self, users: Iterable[tuple[str, str]]) -> None:
+        """Make the users table match the configured (name, role) pairs; users are never deleted."""
+        with self.db.write() as s:
+            existing = {u.name: u for u in s.scalars(select(User))}
+            for name, role in users:
+                if role not in ROLES:
+                    raise StoreError(f"User {name!r} has unknown role {role!r}; roles are {', '.join(ROLES)}.")
+                if name in existing:
+                    existing[name].role = role
+                else:
+                    s.add(User(name=name, role=role))
+
+    def users(self) -> list[tuple[str, str]]:
+        with self.db.read() as s:
+            return [(u.name, u.role) for u in s.scalars(select(User).order_by(User.name))]
+
+    # --- model versions ---
+
+    def register_model_version(self, actor: Actor, model_id: str, revision: str = "", source: str = "hub",
+                               notes: str = "") -> int:
+        require(actor, "admin", to="register model versions")
+        with self.db.write() as s:
+            version = self._model_version(s, model_id, revision or "", source)
+            if notes:
+                version.notes = notes
+            return version.id
+
+    def model_versions(self) -> list[tuple[str, str, str, datetime]]:
+        with self.db.read() as s:
+            rows = s.scalars(select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id))
+            return [(v.model_id, v.revision, v.source, v.created_at) for v in rows]
+
+    def _model_version(self, s: Session, model_id: str, revision: str, source: str) -> ModelVersion:
+        query = select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.revision == revision)
+        version = s.scalars(query).first()
+        if version is None:
+            try:
+                with s.begin_nested():
+                    version = ModelVersion(model_id=model_id, revision=revision, source=source)
+                    s.add(version)
+            except IntegrityError:  # another writer created it first
+                version = s.scalars(query).one()
+        return version
+
+    # --- recording answers ---
+
+    def record(self, answer: Answer, original: PILImage.Image, actor: Actor, *, consent: bool,
+               revision: str = "", source: str = "hub") -> int:
+        """Store an answer and its image (as a metadata-free PNG); returns the stored answer's id."""
+        png = encode_png(original)
+        sha = hashlib.sha256(png).hexdigest()
+        turns = [{**t.to_dict(), "prompt_tokens": t.prompt_tokens, "image_tokens": t.image_tokens} for t in answer.turns]
+        t = answer.tokens
+        with self.db.write() as s:
+            image = self._image(s, sha, png, original.size)
+            version = self._model_version(s, answer.model, revision or "", source)
+            ask = Ask(
+                image_id=image.id, question=answer.question, question_key=question_key(answer.question),
+                model_version_id=version.id, mode=answer.mode, turns=turns,
+                requested_high_res=answer.requested_high_res, answer=answer.answer, stop_reason=answer.stop_reason,
+                low_res_tokens=t.low_res, high_res_tokens=t.high_res, used_tokens=t.used, full_res_tokens=t.full_res,
+                saved_tokens=t.saved, latency_s=answer.latency_s, asked_by=actor.rater, consent=bool(consent),
+            )
+            s.add(ask)
+            s.flush()
+            return ask.id
+
+    def _image(self, s: Session, sha: str, png: bytes, size: tuple[int, int]) -> StoredImage:
+        query = select(StoredImage).where(StoredImage.sha256 == sha)
+        image = s.scalars(query).first()
+        if image is None:
+            try:
+                with s.begin_nested():
+                    image = StoredImage(sha256=sha, width=size[0], height=size[1], byte_size=len(png), data=png)
+                    s.add(image)
+            except IntegrityError:
+                image = s.scalars(query).one()
+        return image
+
+    def set_consent(self, actor: Actor, ask_id: int, consent: bool) -> None:
+        """The asker (or an admin) changes their mind about training use."""
+        with self.db.write() as s:
+            ask = s.get(Ask, ask_id)
+            if ask is None:
+                raise NotFound(f"There is no stored answer #{ask_id}.")
+            if actor.role != "admin" and ask.asked_by != actor.rater:
+                raise PermissionDenied("Only the person who asked, or an admin, may change the consent of an answer.")
+            ask.consent = bool(consent)
+
+    # --- rating ---
+
+    def rate(self, actor: Actor, ask_id: int, *, verdict: str, reference_answer: str | None = None,
+             decision: str | None = None, comment: str = "", source: str = "annotation") -> int:
+        """Add a rating; returns its id. Ratings are never overwritten: a later one supersedes."""
+        if source not in SOURCES:
+            raise StoreError(f"Unknown rating source {source!r}.")
+        if source == "annotation":
+            require(actor, "annotator", "admin", to="annotate answers")
+        elif source == "resolution":
+            require(actor, "admin", to="resolve disagreements")
+        elif not actor.signed_in and not self.anonymous_thumbs:
+            raise PermissionDenied("Rating is for signed-in users here; sign in to rate answers.")
+        if verdict not in VERDICTS:
+            raise StoreError(f"The verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}.")
+        if decision is not None and decision not in DECISIONS:
+            raise StoreError(f"The decision must be one of {', '.join(DECISIONS)}, not {decision!r}.")
+        reference_answer = (reference_answer or "").strip() or None
+        for label, value in (("reference answer", reference_answer or ""), ("comment", comment or "")):
+            if len(value) > MAX_TEXT:
+                raise StoreError(f"The {label} is {len(value)} characters long; the limit is {MAX_TEXT}.")
+        with self.db.write() as s:
+            if s.get(Ask, ask_id) is None:
+                raise NotFound(f"There is no stored answer #{ask_id}.")
+            rating = Rating(ask_id=ask_id, rater=actor.rater, source=source, verdict=verdict,
+                            reference_answer=reference_answer, decision=decision, comment=(comment or "").strip())
+            s.add(rating)
+            s.flush()
+            return rating.id
+
+    def skip(self, actor: Actor, ask_id: int) -> None:
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        with self.db.write() as s:
+            if s.get(Ask, ask_id) is None:
+                raise NotFound(f"There is no stored answer #{ask_id}.")
+            exists = s.scalars(select(Skip).where(Skip.ask_id == ask_id, Skip.rater == actor.rater)).first()
+            if exists is None:
+                s.add(Skip(ask_id=ask_id, rater=actor.rater))
+
+    def resolve(self, actor: Actor, ask_id: int, *, verdict: str, reference_answer: str | None,
+                decision: str | None, comment: str = "") -> int:
+        """An admin's final word on a disputed item."""
+        return self.rate(actor, ask_id, verdict=verdict, reference_answer=reference_answer, decision=decision,
+                         comment=comment, source="resolution")
+
+    # --- the annotation queue ---
+
+    def next_item(self, actor: Actor) -> AskView | None:
+        """The consented answer that most needs a rating from this annotator: fewest ratings first, oldest first."""
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        with self.db.read() as s:
+            ask_id = s.scalars(self._queue_query(actor).limit(1)).first()
+            return self._view(s, ask_id, actor) if ask_id is not None else None
+
+    def progress(self, actor: Actor) -> QueueProgress:
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        start = datetime.combine(date.today(), time.min).astimezone(timezone.utc)
+        with self.db.read() as s:
+            done = s.scalar(
+                select(func.count(distinct(Rating.ask_id))).where(
+                    Rating.rater == actor.rater, Rating.source == "annotation", Rating.created_at >= start
+                )
+            )
+            left = s.scalar(select(func.count()).select_from(self._queue_query(actor).subquery()))
+        return QueueProgress(done_today=done or 0, left=left or 0)
+
+    def _queue_query(self, actor: Actor):
+        counts = (
+            select(Rating.ask_id, func.count(distinct(Rating.rater)).label("n"))
+            .where(Rating.source == "annotation")
+            .group_by(Rating.ask_id)
+            .subquery()
+        )
+        mine = select(Rating.ask_id).where(Rating.rater == actor.rater, Rating.source == "annotation")
+        skipped = select(Skip.ask_id).where(Skip.rater == actor.rater)
+        n = func.coalesce(counts.c.n, 0)
+        return (
+            select(Ask.id)
+            .outerjoin(counts, counts.c.ask_id == Ask.id)
+            .where(Ask.consent.is_(True), n < self.ratings_per_item, Ask.id.not_in(mine), Ask.id.not_in(skipped))
+            .order_by(n, Ask.created_at, Ask.id)
+        )
+
+    def item(self, actor: Actor, ask_id: int) -> AskView:
+        require(actor, "annotator", "admin", to="open stored answers")
+        with self.db.read() as s:
+            return self._view(s, ask_id, actor)
+
+    def image_png(self, actor: Actor, sha256: str) -> bytes:
+        require(actor, "annotator", "admin", to="open stored images")
+        with self.db.read() as s:
+            data = s.scalar(select(StoredImage.data).where(StoredImage.sha256 == sha256))
+        if data is None:
+            raise NotFound(f"There is no stored image {sha256[:12]}….")
+        return data
+
+    def disputed(self, actor: Actor) -> list[AskView]:
+        require(actor, "admin", to="see disputed items")
+        with self.db.read() as s:
+            votes = self._votes(s)
+            ids = sorted(i for i, v in votes.items() if consensus(v, self.ratings_per_item).disputed)
+            return [self._view(s, i, actor, votes.get(i, [])) for i in ids]
+
+    # --- dashboard ---
+
+    def dashboard(self, actor: Actor) -> Dashboard:
+        require(actor, "annotator", "admin", to="see the dashboard")
+        admin = actor.role == "admin"
+        with self.db.read() as s:
+            votes = self._votes(s)
+            verdicts = {ask_id: consensus(v, self.ratings_per_item) for ask_id, v in votes.items()}
+            rows = s.execute(
+                select(Ask.id, Ask.model_version_id, Ask.mode, Ask.requested_high_res, Ask.saved_tokens,
+                       Ask.latency_s, Ask.consent).order_by(Ask.id)
+            ).all()
+            versions = {v.id: v for v in s.scalars(select(ModelVersion).order_by(ModelVersion.id))}
+            per_version: dict[int, list] = defaultdict(list)
+            for row in rows:
+                per_version[row.model_version_id].append(row)
+            stats = [self._version_stats(versions[vid], asks, verdicts) for vid, asks in per_version.items()]
+            latest_rows = s.scalars(select(Rating).order_by(Rating.id.desc()).limit(LATEST_RATINGS)).all()
+            annotators = None
+            if admin:
+                start = datetime.combine(date.today(), time.min).astimezone(timezone.utc)
+                totals = s.execute(
+                    select(Rating.rater, func.count(), func.count().filter(Rating.created_at >= start))
+                    .where(Rating.source == "annotation").group_by(Rating.rater).order_by(Rating.rater)
+                ).all()
+                annotators = [AnnotatorStats(r, n, today) for r, n, today in totals]
+            return Dashboard(
+                asks=len(rows),
+                consented=sum(1 for r in rows if r.consent),
+                rated=sum(1 for c in verdicts.values() if c.raters > 0),
+                ratings=s.scalar(select(func.count()).select_from(Rating)) or 0,
+                disputed=sum(1 for c in verdicts.values() if c.disputed),
+                versions=stats,
+                latest=[_rating_view(r, show_rater=admin) for r in latest_rows],
+                annotators=annotators,
+            )
+
+    @staticmethod
+    def _version_stats(version: ModelVersion, asks: list, verdicts: dict[int, Consensus]) -> VersionStats:
+        judged = [verdicts[a.id].verdict for a in asks if a.id in verdicts and verdicts[a.id].complete]
+        correct = sum(1 for v in judged if v == "correct")
+        auto = [a for a in asks if a.mode == "auto"]
+        high = sum(1 for a in auto if a.requested_high_res)
+        saved = [a.saved_tokens for a in asks]
+        return VersionStats(
+            model_id=version.model_id, revision=version.revision, asks=len(asks), judged=len(judged), correct=correct,
+            accuracy=correct / len(judged) if judged else None, auto_asks=len(auto), high_res_requests=high,
+            high_res_ratio=high / len(auto) if auto else None, tokens_saved_total=sum(saved), tokens_saved=saved,
+            mean_latency_s=sum(a.latency_s for a in asks) / len(asks) if asks else None,
+        )
+
+    # --- export ---
+
+    def consensus_items(self, actor: Actor, *, since: datetime | None = None,
+                        consented_only: bool = True) -> Iterator[ConsensusItem]:
+        """Every stored answer (consented ones only, by default) with its votes and consensus, oldest first."""
+        require(actor, "admin", to="export data")
+        with self.db.read() as s:
+            votes = self._votes(s)
+            query = select(Ask).order_by(Ask.id)
+            if consented_only:
+                query = query.where(Ask.consent.is_(True))
+            if since is not None:
+                query = query.where(Ask.created_at >= since)
+            for ask in s.scalars(query).yield_per(500):
+                ask_votes = votes.get(ask.id, [])
+                png = s.scalar(select(StoredImage.data).where(StoredImage.id == ask.image_id))
+                view = _ask_view(ask)
+                yield ConsensusItem(
+                    ask=view, image_png=png, votes=[_rating_view(r, True) for r in self._ratings(s, ask.id)],
+                    consensus=consensus(ask_votes, self.ratings_per_item),
+                )
+
+    def count_asks(self, *, consented_only: bool = True, since: datetime | None = None) -> int:
+        with self.db.read() as s:
+            query = select(func.count()).select_from(Ask)
+            if consented_only:
+                query = query.where(Ask.consent.is_(True))
+            if since is not None:
+                query = query.where(Ask.created_at >= since)
+            return s.scalar(query) or 0
+
+    # --- helpers ---
+
+    def _votes(self, s: Session) -> dict[int, list[Vote]]:
+        votes: dict[int, list[Vote]] = defaultdict(list)
+        rows = s.execute(select(Rating.ask_id, Rating.rater, Rating.source, Rating.verdict, Rating.reference_answer,
+                                Rating.decision, Rating.id))
+        for ask_id, rater, source, verdict, reference, decision, order in rows:
+            votes[ask_id].append(Vote(rater, source, verdict, reference, decision, order))
+        return votes
+
+    def _ratings(self, s: Session, ask_id: int) -> list[Rating]:
+        return list(s.scalars(select(Rating).where(Rating.ask_id == ask_id).order_by(Rating.id)))
+
+    def _view(self, s: Session, ask_id: int, actor: Actor, votes: list[Vote] | None = None) -> AskView:
+        ask = s.get(Ask, ask_id)
+        if ask is None:
+            raise NotFound(f"There is no stored answer #{ask_id}.")
+        ratings = self._ratings(s, ask_id)
+        admin = actor.role == "admin"
+        visible = [r for r in ratings if admin or r.rater == actor.rater]
+        if votes is None:
+            votes = [Vote(r.rater, r.source, r.verdict, r.reference_answer, r.decision, r.id) for r in ratings]
+        return _ask_view(ask, [_rating_view(r, show_rater=True) for r in visible],
+                         consensus(votes, self.ratings_per_item))
+
+
+def _ask_view(ask: Ask, ratings: list[RatingView] | None = None, agreed: Consensus | None = None) -> AskView:
+    return AskView(
+        id=ask.id, image_sha256=ask.image.sha256, image_size=(ask.image.width, ask.image.height),
+        question=ask.question, model_id=ask.model_version.model_id, model_revision=ask.model_version.revision,
+        mode=ask.mode, turns=list(ask.turns), answer=ask.answer, requested_high_res=ask.requested_high_res,
+        stop_reason=ask.stop_reason,
+        tokens=TokenReport.build(low_res=ask.low_res_tokens, high_res=ask.high_res_tokens, full_res=ask.full_res_tokens),
+        latency_s=ask.latency_s, consent=ask.consent, created_at=_utc(ask.created_at), ratings=ratings or [],
+        consensus=agreed,
+    )
+
+
+def _rating_view(r: Rating, show_rater: bool) -> RatingView:
+    return RatingView(id=r.id, ask_id=r.ask_id, rater=r.rater if show_rater else None, source=r.source,
+                      verdict=r.verdict, reference_answer=r.reference_answer, decision=r.decision,
+                      comment=r.comment, created_at=_utc(r.created_at))
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def encode_png(image: PILImage.Image) -> bytes:
+    """The image as a PNG with no metadata (EXIF, text chunks, ICC profile all dropped), deterministically."""
+    buffer = io.BytesIO()
+    clean = PILImage.frombytes(image.mode, image.size, image.tobytes()) if image.mode in ("RGB", "L") else image.convert("RGB")
+    clean.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def question_key(question: str) -> str:
+    return hashlib.sha256(normalise(question).encode("utf-8")).hexdigest()
+
+
+__all__ = [
+    "Actor", "AskView", "ConsensusItem", "Dashboard", "NotFound", "PermissionDenied", "QueueProgress", "RatingView",
+    "Store", "StoreError", "VersionStats", "encode_png", "question_key", "require", "utcnow",
+]

@@ -1,0 +1,94 @@
+"""Database connections: SQLite (WAL, busy timeout) by default, PostgreSQL by URL, and schema upgrades.
+
+SQLite allows one writer at a time; writes from threads of this process queue on a lock here instead of
+spinning on SQLite's busy handler, which keeps latency flat under many concurrent annotators. Several app
+replicas writing at once is what PostgreSQL is for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Any number: the PostgreSQL advisory lock that serialises schema upgrades across replicas.
+_UPGRADE_LOCK_ID = 0x56495354
+
+
+class StoreError(RuntimeError):
+    """A store problem a person can act on; the message says what was wrong and what to do."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``. SQLite files get WAL, a busy timeout and their folder created."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"VISIONTHINK_DB_URL is not a database URL: {url!r} ({exc}).") from exc
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=16, max_overflow=48, pool_pre_ping=True)
+    raise StoreError(f"Unsupported database {parsed.get_backend_name()!r}: use a sqlite:/// or postgresql:// URL.")
+
+
+class Database:
+    """An engine plus the write discipline for it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (safe to run from several replicas at once)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._write_lock, self.engine.begin() as connection:
+            if not self.is_sqlite:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _UPGRADE_LOCK_ID})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
