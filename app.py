@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.examples import ensure_examples
-from app.model_slot import ModelSlot
-from app.ui import build_demo, launch_kwargs
-from visionthink.loader import load_engine
-from visionthink.settings import Settings
+from app.server import serve  # noqa: E402
+from store.db import StoreError  # noqa: E402
+from visionthink.settings import Settings, SettingsError  # noqa: E402
 
 
-def create_demo(settings: Settings | None = None):
-    settings = settings or Settings.from_env()
-    slot = ModelSlot(lambda progress: load_engine(settings, progress)).start()
-    return build_demo(slot, ensure_examples())
-
-
-def main() -> None:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    demo = create_demo()
-    demo.queue(max_size=int(os.environ.get("VISIONTHINK_QUEUE_SIZE", "32"))).launch(**launch_kwargs())
+    try:
+        serve(Settings.from_env())
+    except (SettingsError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

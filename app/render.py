@@ -1,5 +1,6 @@
-"""Turns engine events into what the page shows: chat messages with collapsible thinking, the resolution badge
-and the token report. Text from people and models is HTML-escaped here, so it always renders as text.
+"""Turns answers into what the pages show: chat messages with collapsible thinking, the resolution badge and the
+token report, for live episodes (engine events) and stored ones alike. Text from people and models is
+HTML-escaped here, so it always renders as text.
 """
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from visionthink.engine import Answer, Done, Event, HighResRequested, TextDelta, TurnFinished, TurnStarted
+from visionthink.engine import Done, Event, HighResRequested, TextDelta, TurnFinished, TurnRecord, TurnStarted
+from visionthink.images import TokenReport, full_res_size, low_res_size
 
 BADGE_LOW = "Answered from the 1/4-resolution image"
 BADGE_HIGH = "Asked for the full-resolution image"
@@ -25,7 +27,7 @@ def _size(size: tuple[int, int]) -> str:
 
 @dataclass
 class Transcript:
-    """The chat shown for one episode, updated event by event."""
+    """The chat shown for one episode, built turn by turn."""
 
     question: str
     messages: list[dict] = field(default_factory=list)
@@ -36,60 +38,83 @@ class Transcript:
 
     def apply(self, event: Event) -> None:
         if isinstance(event, TurnStarted):
-            self._raw = ""
-            seen = "the full-resolution image" if len(event.image_sizes) > 1 else "the image"
-            if event.index == 0:
-                seen = f"the image at {_size(event.image_sizes[0])}"
-            else:
-                seen = f"{len(event.image_sizes)} images ({', '.join(_size(s) for s in event.image_sizes)})"
-            self.messages.append(
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "metadata": {"title": f"Turn {event.index + 1} · thinking on {seen}", "status": "pending",
-                                 "id": f"turn-{event.index}"},
-                }
-            )
+            self.start_turn(event.index, event.image_sizes)
         elif isinstance(event, TextDelta):
             self._raw += event.text
             self.messages[-1]["content"] = text(self._raw)
         elif isinstance(event, TurnFinished):
-            turn = event.turn
-            message = self.messages[-1]
-            if turn.kind == "invalid":
-                body = f"{text(turn.text)}\n\n**Invalid turn:** {text(turn.reason)}"
-            else:
-                body = text(turn.think)
-                if turn.kind == "tool_call":
-                    body += "\n\n*Called `resize_image` to see the full-resolution image.*"
-            message["content"] = body or "*(no reasoning)*"
-            message["metadata"] = {**message["metadata"], "status": "done", "duration": round(turn.latency_s, 2)}
+            self.finish_turn(event.turn)
         elif isinstance(event, HighResRequested):
-            self.messages.append(
-                {
-                    "role": "assistant",
-                    "content": f"The full-resolution image ({_size(event.size)}, {event.tokens} visual tokens) is "
-                    "added to the conversation for the next turn.",
-                    "metadata": {"title": f"🔍 {BADGE_HIGH}", "status": "done", "id": f"resize-{event.index}"},
-                }
-            )
+            self.high_res(event.index, event.size, event.tokens)
         elif isinstance(event, Done):
-            answer = event.answer
-            if answer.answer is not None:
-                content = text(answer.answer)
-                if answer.boxed is not None:
-                    content += f"\n\n**Final value:** {text(answer.boxed)}"
-            else:
-                reason = answer.turns[-1].reason or answer.stop_reason.replace("_", " ")
-                content = f"*No answer ({answer.stop_reason.replace('_', ' ')}).* {text(reason)}"
-            self.messages.append({"role": "assistant", "content": content})
+            a = event.answer
+            self.done(a.answer, a.boxed, a.stop_reason, a.turns[-1].reason)
+
+    def start_turn(self, index: int, image_sizes: tuple[tuple[int, int], ...]) -> None:
+        self._raw = ""
+        if index == 0:
+            seen = f"the image at {_size(image_sizes[0])}"
+        else:
+            seen = f"{len(image_sizes)} images ({', '.join(_size(s) for s in image_sizes)})"
+        self.messages.append({
+            "role": "assistant",
+            "content": "",
+            "metadata": {"title": f"Turn {index + 1} · thinking on {seen}", "status": "pending", "id": f"turn-{index}"},
+        })
+
+    def finish_turn(self, turn: TurnRecord) -> None:
+        message = self.messages[-1]
+        if turn.kind == "invalid":
+            body = f"{text(turn.text)}\n\n**Invalid turn:** {text(turn.reason)}"
+        else:
+            body = text(turn.think)
+            if turn.kind == "tool_call":
+                body += "\n\n*Called `resize_image` to see the full-resolution image.*"
+        message["content"] = body or "*(no reasoning)*"
+        message["metadata"] = {**message["metadata"], "status": "done", "duration": round(turn.latency_s, 2)}
+
+    def high_res(self, index: int, size: tuple[int, int], tokens: int) -> None:
+        self.messages.append({
+            "role": "assistant",
+            "content": f"The full-resolution image ({_size(size)}, {tokens} visual tokens) is added to the "
+            "conversation for the next turn.",
+            "metadata": {"title": f"🔍 {BADGE_HIGH}", "status": "done", "id": f"resize-{index}"},
+        })
+
+    def done(self, answer: str | None, boxed: str | None, stop_reason: str, reason: str | None) -> None:
+        if answer is not None:
+            content = text(answer)
+            if boxed is not None:
+                content += f"\n\n**Final value:** {text(boxed)}"
+        else:
+            why = stop_reason.replace("_", " ")
+            content = f"*No answer ({why}).* {text(reason or why)}"
+        self.messages.append({"role": "assistant", "content": content})
 
 
-def badge(answer: Answer) -> str:
+def stored_transcript(question: str, turns: list[dict], *, mode: str, requested_high_res: bool, answer: str | None,
+                      stop_reason: str, original_size: tuple[int, int], high_res_tokens: int) -> list[dict]:
+    """The chat of a stored answer, as it looked when it was asked."""
+    transcript = Transcript(question)
+    low, full = low_res_size(*original_size), full_res_size(*original_size)
+    sizes: tuple[tuple[int, int], ...] = (full if mode == "high" else low,)
+    records = [TurnRecord.from_dict(i, t) for i, t in enumerate(turns)]
+    for record in records:
+        transcript.start_turn(record.index, sizes)
+        transcript.finish_turn(record)
+        if record.kind == "tool_call" and requested_high_res and len(sizes) == 1 and record.index < len(records) - 1:
+            transcript.high_res(record.index, full, high_res_tokens)
+            sizes = (*sizes, full)
+    last = records[-1] if records else None
+    transcript.done(answer, last.boxed if last and answer is not None else None, stop_reason, last.reason if last else None)
+    return transcript.messages
+
+
+def badge(mode: str, requested_high_res: bool) -> str:
     """The resolution decision as a coloured badge (HTML built from fixed strings only)."""
-    if answer.mode != "auto":
-        label, colour = BADGE_FORCED[answer.mode], "#6b7280"
-    elif answer.requested_high_res:
+    if mode != "auto":
+        label, colour = BADGE_FORCED[mode], "#6b7280"
+    elif requested_high_res:
         label, colour = BADGE_HIGH, "#b45309"
     else:
         label, colour = BADGE_LOW, "#15803d"
@@ -99,16 +124,15 @@ def badge(answer: Answer) -> str:
     )
 
 
-def token_report(answer: Answer) -> str:
+def token_report(t: TokenReport, latency_s: float, turns: list[TurnRecord]) -> str:
     """Visual tokens used against a full-resolution pass, as numbers and two bars, plus latency."""
-    t = answer.tokens
     scale = max(t.used, t.full_res, 1)
     used_pct, full_pct = 100 * t.used / scale, 100 * t.full_res / scale
     if t.saved >= 0:
         saved = f"saved <b>{t.saved}</b> ({t.saved / t.full_res:.0%})" if t.full_res else "saved 0"
     else:
         saved = f"<b>{-t.saved}</b> more than full resolution ({-t.saved / t.full_res:.0%} extra)"
-    turns = ", ".join(f"turn {r.index + 1}: {r.latency_s:.2f} s, {r.generated_tokens} tokens" for r in answer.turns)
+    per_turn = ", ".join(f"turn {r.index + 1}: {r.latency_s:.2f} s, {r.generated_tokens} tokens" for r in turns)
     colour = "#15803d" if t.saved >= 0 else "#b45309"
     return f"""<div id="vt-tokens" class="vt-tokens">
 <div><b>{t.used}</b> visual tokens used vs <b>{t.full_res}</b> at full resolution
@@ -117,5 +141,13 @@ def token_report(answer: Answer) -> str:
 <div style="background:#e5e7eb;border-radius:4px;height:14px"><div style="width:{used_pct:.1f}%;background:{colour};height:14px;border-radius:4px"></div></div>
 <div style="margin:6px 0 2px">Single pass on the full image</div>
 <div style="background:#e5e7eb;border-radius:4px;height:14px"><div style="width:{full_pct:.1f}%;background:#6b7280;height:14px;border-radius:4px"></div></div>
-<div style="margin-top:6px">Latency {answer.latency_s:.2f} s ({turns})</div>
+<div style="margin-top:6px">Latency {latency_s:.2f} s ({per_turn})</div>
 </div>"""
+
+
+def error_box(message: str) -> str:
+    return f'<div class="vt-error" id="vt-error">{text(message)}</div>'
+
+
+def note_box(message: str, elem_id: str = "vt-note") -> str:
+    return f'<div class="vt-ok" id="{elem_id}">{text(message)}</div>'

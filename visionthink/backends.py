@@ -54,6 +54,8 @@ class TransformersBackend:
         self.model_id = model_id
         self.pixel_limits = processor_pixel_limits(processor)
         self.logits_processor_factory = logits_processor_factory
+        # One model, one generation at a time: concurrent requests (two pages, two tabs) queue here.
+        self._lock = threading.Lock()
         tokenizer = processor.tokenizer
         self._stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.STOP_STRINGS]
         self._suppress_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
@@ -78,6 +80,10 @@ class TransformersBackend:
         return cls(model, processor, model_id or name_or_path)
 
     def _generate_turn(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
+        with self._lock:
+            yield from self._generate_turn_locked(request)
+
+    def _generate_turn_locked(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
         from transformers import TextIteratorStreamer
 
         text = request.conversation.render()

@@ -117,6 +117,17 @@ class TurnRecord:
     prompt_tokens: int | None = None
     image_tokens: list[int] | None = None
 
+    @classmethod
+    def from_dict(cls, index: int, data: dict) -> TurnRecord:
+        """A turn as stored or exported by ``to_dict`` (missing cost fields read as unknown)."""
+        return cls(
+            index=index, kind=data["kind"], text=data.get("text", ""), think=data.get("think"),
+            answer=data.get("answer"), boxed=data.get("boxed"), reason=data.get("reason"),
+            attempted_tool_call="<tool_call>" in data.get("text", ""), latency_s=data.get("latency_s", 0.0),
+            generated_tokens=data.get("generated_tokens", 0), finish_reason=data.get("finish_reason", "stop"),
+            prompt_tokens=data.get("prompt_tokens"), image_tokens=data.get("image_tokens"),
+        )
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
@@ -216,6 +227,8 @@ class Engine:
         max_turns: int = 2,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         notice: str | None = None,
+        model_source: str = "local",
+        model_revision: str = "",
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}.")
@@ -225,6 +238,9 @@ class Engine:
         self.max_image_pixels = max_image_pixels
         #: A message for people about this engine (e.g. that it fell back to the tiny random model).
         self.notice = notice
+        #: Where the model came from (hub, local, server, tiny) and its revision, recorded with stored answers.
+        self.model_source = model_source
+        self.model_revision = model_revision
 
     @property
     def model_id(self) -> str:

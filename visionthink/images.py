@@ -155,6 +155,11 @@ def low_res_size(width: int, height: int) -> tuple[int, int]:
     return _min_side_size(max(1, width // 2), max(1, height // 2))
 
 
+def full_res_size(width: int, height: int) -> tuple[int, int]:
+    """The high-resolution size: the original, enlarged only if a side is under 28 px."""
+    return _min_side_size(width, height)
+
+
 def _min_side_size(width: int, height: int) -> tuple[int, int]:
     if min(width, height) >= MIN_SIDE:
         return width, height
@@ -173,7 +178,7 @@ def downsample(image: Image.Image) -> Image.Image:
 def full_resolution(image: Image.Image) -> Image.Image:
     """The high-resolution view: the original, enlarged only if a side is under 28 px."""
     check_aspect_ratio(*image.size)
-    size = _min_side_size(*image.size)
+    size = full_res_size(*image.size)
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 

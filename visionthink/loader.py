@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from visionthink.engine import Engine, GenerationSettings
 from visionthink.settings import Settings
@@ -46,13 +47,14 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
         except BackendError as exc:
             raise ModelLoadError(str(exc)) from exc
         say(f"Using {backend.model_id} served at {settings.base_url}.")
-        return _engine(backend, generation, settings)
+        return _engine(backend, generation, settings, source="server")
 
     from visionthink import hf
     from visionthink.backends import TransformersBackend
 
     notice = None
     name = settings.model
+    source = "local" if Path(name).expanduser().is_dir() else "hub"
     try:
         say(f"Looking for {name} …")
         hf.check_available(name, revision=settings.revision)
@@ -77,15 +79,19 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
             temperature=settings.temperature,
             top_p=settings.top_p,
         )
+        source = "tiny"
     say(f"Ready: {backend.model_id}.")
-    return _engine(backend, generation, settings, notice)
+    return _engine(backend, generation, settings, notice=notice, source=source)
 
 
-def _engine(backend, generation: GenerationSettings, settings: Settings, notice: str | None = None) -> Engine:
+def _engine(backend, generation: GenerationSettings, settings: Settings, *, notice: str | None = None,
+            source: str) -> Engine:
     return Engine(
         backend,
         settings=generation,
         max_turns=settings.max_turns,
         max_image_pixels=settings.max_image_pixels,
         notice=notice,
+        model_source=source,
+        model_revision=(settings.revision or "") if source == "hub" else "",
     )

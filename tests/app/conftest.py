@@ -64,3 +64,59 @@ def chart(tmp_path) -> Path:
     path = tmp_path / "chart.png"
     Image.fromarray(rng.integers(0, 255, size=(336, 448, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def forced_engine(tiny_model_dir: Path, turns: list[str] | None = None):
+    """An engine on the tiny model whose turns are forced (default: ask for the full image, then answer 44.6)."""
+    from tests.support.forcing import ANSWER_TURN, TOOL_TURN, forcing_factory
+    from visionthink.backends import TransformersBackend
+    from visionthink.engine import Engine, GenerationSettings
+    from visionthink.hf import load_model, load_processor
+
+    processor = load_processor(str(tiny_model_dir))
+    backend = TransformersBackend(
+        load_model(str(tiny_model_dir), device="cpu"), processor, "tiny-forced",
+        logits_processor_factory=forcing_factory(processor.tokenizer, turns or [TOOL_TURN, ANSWER_TURN]),
+    )
+    return Engine(backend, settings=GenerationSettings(max_new_tokens=160), model_source="tiny")
+
+
+PASSWORDS = {"ada": "ada-pass", "ann": "ann-pass", "root": "root-pass"}
+ROLES = {"ada": "annotator", "ann": "annotator", "root": "admin"}
+
+
+@contextmanager
+def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | None = None,
+                 db_url: str | None = None, **settings_overrides) -> Iterator[str]:
+    """The whole app as `python app.py` serves it (public page at /, studio at /studio behind the login), with
+    a forced tiny model, a real SQLite store and three users. Yields the base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.model_slot import ModelSlot
+    from app.server import build_pages, create_app
+    from store.users import hash_password
+    from visionthink.settings import Settings
+
+    users = ";".join(f"{name}:{ROLES[name]}:{hash_password(pw)}" for name, pw in PASSWORDS.items())
+    settings = Settings(db_url=db_url or f"sqlite:///{tmp_path / 'studio.db'}", users=users, ratings_per_item=2,
+                        **settings_overrides)
+    pages = build_pages(settings, slot=ModelSlot.ready(forced_engine(tiny_model_dir, turns)), examples=[],
+                        on_spaces=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(pages), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise AssertionError("the studio server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        pages.store.close()

@@ -21,7 +21,7 @@ def test_ask_streams_the_whole_loop(forced_app, chart):
     client = Client(forced_app, verbose=False)
     job = client.submit(handle_file(str(chart)), "What is the value of Beta in Q3?", "auto", api_name="/ask")
     updates = list(job)
-    error, badge, chat, gallery, tokens, _status = job.result()
+    error, badge, chat, gallery, tokens, _status, _rated = job.result()
 
     assert len(updates) > 3  # streamed, not one final update
     assert error == ""
@@ -45,7 +45,7 @@ def test_ask_streams_the_whole_loop(forced_app, chart):
 
 def test_forced_low_mode_badge(forced_app, chart):
     client = Client(forced_app, verbose=False)
-    error, badge, _chat, _gallery, tokens, _ = client.predict(handle_file(str(chart)), "What is it?", "low",
+    error, badge, _chat, _gallery, tokens, _, _ = client.predict(handle_file(str(chart)), "What is it?", "low",
                                                                 api_name="/ask")
     assert error == ""
     assert "1/4-resolution image only" in badge
@@ -66,7 +66,7 @@ def test_bad_input_shows_a_message_not_a_traceback(forced_app, tmp_path, chart, 
         path = tmp_path / "upload.png"
         path.write_bytes(content)
     client = Client(forced_app, verbose=False)
-    error, badge, chat, _gallery, tokens, _ = client.predict(handle_file(str(path)), question, "auto", api_name="/ask")
+    error, badge, chat, _gallery, tokens, _, _ = client.predict(handle_file(str(path)), question, "auto", api_name="/ask")
     assert message in error
     assert "Traceback" not in error
     assert badge == "" and tokens == "" and chat == []
@@ -85,12 +85,13 @@ def test_app_entry_point_falls_back_to_the_tiny_model(tmp_path, tiny_model_dir, 
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "HF_HOME": str(tmp_path / "hf"),
+        "VISIONTHINK_DB_URL": f"sqlite:///{tmp_path / 'studio.db'}",
     }
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         client = _connect(f"http://127.0.0.1:{port}/", process)
-        error, badge, chat, _gallery, tokens, status = client.predict(handle_file(str(chart)), "What is it?", "auto",
+        error, badge, chat, _gallery, tokens, status, _ = client.predict(handle_file(str(chart)), "What is it?", "auto",
                                                                       api_name="/ask")
         assert error == ""
         assert "visionthink-tiny-random" in status

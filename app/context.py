@@ -1,0 +1,31 @@
+"""What every tab of the page shares: the model, the store, who is asking, and the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from app.examples import Example
+from app.identity import Identity
+from app.model_slot import ModelSlot
+from store.api import Actor, Store
+from store.users import Directory
+
+
+@dataclass
+class Context:
+    slot: ModelSlot
+    store: Store | None = None
+    identity: Identity = field(default_factory=lambda: Identity(Directory([])))
+    examples: list[Example] = field(default_factory=list)
+    export_root: Path = Path("data/exports")
+    #: The studio (signed-in) page shows every tab the user's role allows; the public page only asks.
+    studio: bool = False
+
+    def actor(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Actor:
+        return self.identity.actor(request, profile)
+
+    def may_rate(self, actor: Actor) -> bool:
+        return self.store is not None and (actor.signed_in or self.store.anonymous_thumbs)
