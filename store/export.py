@@ -35,7 +35,8 @@ from store.api import Actor, ConsensusItem, RatingView, Store, encode_png, quest
 from store.consensus import Vote, latest_per_rater, normalise
 from store.db import StoreError
 from visionthink import protocol
-from visionthink.engine import _NO_RESIZE_IN_MODE  # what the engine tells a model that asks to resize in low/high mode
+from visionthink.engine import TurnRecord
+from visionthink.engine import replay as replay_episode
 from visionthink.images import downsample, full_resolution
 
 FORMATS = ("grpo", "kto", "dpo", "jsonl")
@@ -547,19 +548,8 @@ def replay(item: ConsensusItem) -> tuple[list[dict], list[bytes]] | None:
     Rebuilt from the stored turns the way ``visionthink.engine`` ran the episode; None when they cannot be.
     """
     ask = item.ask
-    conversation = protocol.Conversation.start(ask.question)
-    try:
-        for turn in ask.turns[:-1]:
-            conversation.add_model_turn(turn["text"])
-            if turn["kind"] == "tool_call" and ask.mode == "auto":
-                conversation.add_tool_response()
-            elif turn["kind"] == "tool_call":
-                conversation.add_error(_NO_RESIZE_IN_MODE[ask.mode])
-            elif protocol.parse_turn(turn["text"]).attempted_tool_call and turn.get("reason"):
-                conversation.add_error(turn["reason"].rstrip("."))
-            else:
-                return None
-    except (KeyError, ValueError):
+    conversation = replay_episode(ask.question, ask.mode, [TurnRecord.from_dict(i, t) for i, t in enumerate(ask.turns)])
+    if conversation is None:
         return None
     if conversation.image_count != 1 + int(ask.requested_high_res and ask.mode == "auto"):
         return None

@@ -123,7 +123,8 @@ class TurnRecord:
         return cls(
             index=index, kind=data["kind"], text=data.get("text", ""), think=data.get("think"),
             answer=data.get("answer"), boxed=data.get("boxed"), reason=data.get("reason"),
-            attempted_tool_call="<tool_call>" in data.get("text", ""), latency_s=data.get("latency_s", 0.0),
+            attempted_tool_call=protocol.parse_turn(data.get("text", "")).attempted_tool_call,
+            latency_s=data.get("latency_s", 0.0),
             generated_tokens=data.get("generated_tokens", 0), finish_reason=data.get("finish_reason", "stop"),
             prompt_tokens=data.get("prompt_tokens"), image_tokens=data.get("image_tokens"),
         )
@@ -299,19 +300,14 @@ class Engine:
             if index == self.max_turns - 1:
                 stop_reason = "tool_call_at_turn_limit" if record.kind == "tool_call" else "invalid"
                 break
-            if record.kind == "tool_call":
-                if mode == "auto":
-                    conversation.add_tool_response()
-                    images.append(full)
-                    requested_high_res = True
-                    yield HighResRequested(index, full.size, full_tokens)
-                else:
-                    conversation.add_error(_NO_RESIZE_IN_MODE[mode])
-            elif record.attempted_tool_call:
-                conversation.add_error((record.reason or "Invalid tool call").rstrip("."))
-            else:
+            followup = continue_conversation(conversation, record, mode)
+            if followup == "end":
                 stop_reason = "invalid"  # neither an answer nor a call: nothing to respond to
                 break
+            if followup == "full_image":
+                images.append(full)
+                requested_high_res = True
+                yield HighResRequested(index, full.size, full_tokens)
 
         first_tokens = visual_tokens(*images[0].size, min_pixels, max_pixels)
         if mode == "high":
@@ -335,6 +331,38 @@ class Engine:
             seen_images=images,
         )
         yield Done(answer)
+
+
+def continue_conversation(conversation: protocol.Conversation, turn: TurnRecord, mode: Mode) -> str:
+    """Append what follows a model turn that neither answered nor used the last turn.
+
+    Returns "full_image" (a resize in auto mode: the tool response with the next image), "error" (the trained
+    error turn: an invalid call, or a resize that ``mode`` cannot honour) or "end" (nothing to respond to).
+    """
+    if turn.kind == "tool_call":
+        if mode == "auto":
+            conversation.add_tool_response()
+            return "full_image"
+        conversation.add_error(_NO_RESIZE_IN_MODE[mode])
+        return "error"
+    if turn.attempted_tool_call:
+        conversation.add_error((turn.reason or "Invalid tool call").rstrip("."))
+        return "error"
+    return "end"
+
+
+def replay(question: str, mode: Mode, turns: list[TurnRecord]) -> protocol.Conversation | None:
+    """The conversation the model saw before its final turn, rebuilt from a recorded episode; None when the
+    recorded turns could not have come from ``Engine.stream`` (then nothing is guessed)."""
+    conversation = protocol.Conversation.start(question)
+    try:
+        for turn in turns[:-1]:
+            conversation.add_model_turn(turn.text)
+            if continue_conversation(conversation, turn, mode) == "end":
+                return None
+    except (KeyError, ValueError):
+        return None
+    return conversation
 
 
 def prepare_inputs(
