@@ -66,12 +66,12 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
         progress = gr.Markdown("", elem_id="vt-progress")
         current = gr.State(None)
         message = gr.HTML("", elem_id="vt-annotate-message")
+        decided = gr.HTML("", elem_id="vt-annotate-badge")
         with gr.Row():
             with gr.Column(scale=5):
-                images = gr.Gallery(label="Original, and the 1/4 image the model saw first", columns=2,
+                images = gr.Gallery(label="What the model saw first, and the original", columns=2,
                                     height="auto", object_fit="contain", format="png", elem_id="vt-annotate-images",
                                     preview=False)
-                decided = gr.HTML("", elem_id="vt-annotate-badge")
                 tokens = gr.HTML("", elem_id="vt-annotate-tokens")
             with gr.Column(scale=6):
                 chat = gr.Chatbot(label="Question, reasoning and answer", height=420, feedback_options=None,
@@ -152,8 +152,8 @@ def _item_outputs(ctx: Context, actor, item: AskView) -> tuple:
     original = Image.open(io.BytesIO(png))
     original.load()
     low = downsample(original)
-    gallery = [(original, f"Original: {original.size[0]}×{original.size[1]}"),
-               (low, f"Seen first: {low.size[0]}×{low.size[1]}")]
+    gallery = [(low, f"Seen first: {low.size[0]}×{low.size[1]}"),
+               (original, f"Original: {original.size[0]}×{original.size[1]}")]
     chat = stored_transcript(item.question, item.turns, mode=item.mode, requested_high_res=item.requested_high_res,
                              answer=item.answer, stop_reason=item.stop_reason, original_size=item.image_size,
                              high_res_tokens=item.tokens.high_res)

@@ -151,20 +151,23 @@ def build(ctx: Context) -> None:
         def handler(stored_id: int | None, corrected: str, decision_value: str | None, request: gr.Request,
                     profile: gr.OAuthProfile | None) -> str:
             if ctx.store is None or stored_id is None:
-                return error_box("There is no stored answer to rate; ask a question first.")
+                return error_box("There is no stored answer to rate; ask a question first."), gr.skip(), gr.skip()
             try:
                 ctx.store.rate(ctx.actor(request, profile), stored_id, verdict=verdict, reference_answer=corrected,
                                decision=decision_value, source="thumbs")
             except StoreError as exc:
-                return error_box(str(exc))
-            return note_box("Thank you: your rating is saved.", "vt-rate-saved")
+                return error_box(str(exc)), gr.skip(), gr.skip()
+            # One rating per answer from this page: the buttons come back with the next answer.
+            return (note_box("Thank you: your rating is saved.", "vt-rate-saved"), gr.Button(interactive=False),
+                    gr.Button(interactive=False))
 
         return handler
 
-    up.click(rate_handler("correct"), inputs=[ask_id, correction, decision_label], outputs=[rate_status],
-             api_name="rate_correct")
-    down.click(rate_handler("incorrect"), inputs=[ask_id, correction, decision_label], outputs=[rate_status],
-               api_name="rate_incorrect")
+    rating_inputs, rating_outputs = [ask_id, correction, decision_label], [rate_status, up, down]
+    up.click(rate_handler("correct"), inputs=rating_inputs, outputs=rating_outputs, api_name="rate_correct")
+    down.click(rate_handler("incorrect"), inputs=rating_inputs, outputs=rating_outputs, api_name="rate_incorrect")
+    ask.click(lambda: (gr.Button(interactive=True), gr.Button(interactive=True), "", None), outputs=[up, down, correction, decision_label],
+              api_visibility="private", queue=False)
 
 
 def _record(ctx: Context, answer, original, allow_training: bool, request, profile) -> tuple[int | None, str]:

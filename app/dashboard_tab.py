@@ -42,6 +42,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
         return render(board)
 
     refresh.click(load, outputs=outputs, api_name="dashboard")
+    tab.select(load, outputs=outputs, api_visibility="private")  # fresh numbers whenever the tab is opened
     return tab, load, outputs
 
 
@@ -61,14 +62,14 @@ def render(board: Dashboard) -> tuple:
         "tokens saved (total)": v.tokens_saved_total,
         "mean latency (s)": None if v.mean_latency_s is None else round(v.mean_latency_s, 2),
     } for v in board.versions]
-    accuracy = pd.DataFrame([{"version": version_label(v.model_id, v.revision), "accuracy": v.accuracy}
+    accuracy = pd.DataFrame([{"version": version_label(v.model_id, v.revision), "accuracy": float(v.accuracy)}
                              for v in board.versions if v.accuracy is not None], columns=["version", "accuracy"])
-    high_res = pd.DataFrame([{"version": version_label(v.model_id, v.revision), "ratio": v.high_res_ratio}
+    high_res = pd.DataFrame([{"version": version_label(v.model_id, v.revision), "ratio": float(v.high_res_ratio)}
                              for v in board.versions if v.high_res_ratio is not None], columns=["version", "ratio"])
     latest = pd.DataFrame([{
-        "time": r.created_at.strftime("%Y-%m-%d %H:%M"), "answer": r.ask_id, "source": r.source, "verdict": r.verdict,
+        "time": r.created_at.strftime("%Y-%m-%d %H:%M"), "item": r.ask_id, "source": r.source, "verdict": r.verdict,
         "decision": r.decision or "", "reference": r.reference_answer or "", "rater": r.rater or "—",
-    } for r in board.latest], columns=["time", "answer", "source", "verdict", "decision", "reference", "rater"])
+    } for r in board.latest], columns=["time", "item", "source", "verdict", "decision", "reference", "rater"])
     annotators = gr.Dataframe(visible=False)
     if board.annotators is not None:
         annotators = gr.Dataframe(

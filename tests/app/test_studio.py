@@ -72,7 +72,7 @@ def test_annotator_rates_from_ask_and_works_the_queue(studio, chart):
     first = ann.predict("", None, "", api_name="/annotate_correct")  # nothing loaded yet: shows the next item
     _progress, message, gallery, header, tokens, chat, reference = first[:7]
     assert "Item #" in header and len(gallery) == 2
-    assert [g["caption"] for g in gallery] == ["Original: 448×336", "Seen first: 224×168"]
+    assert [g["caption"] for g in gallery] == ["Seen first: 224×168", "Original: 448×336"]
     assert "visual tokens used" in tokens
     assert reference == "The value is \\boxed{44.6}"  # pre-filled with the model's answer
     item = int(header.split("Item #")[1].split(" ")[0])
