@@ -24,11 +24,16 @@ install: $(VENV)/.runtime-installed
 
 install-dev: $(VENV)/.dev-installed
 
-# Debian's chromium for the browser tests (playwright drives it; it never downloads a browser of its own).
+# Debian's chromium for the browser tests (playwright drives it; it never downloads a browser of its own) and
+# Debian's PostgreSQL server for the store tests (they start a throwaway cluster unless VISIONTHINK_TEST_PG_URL is
+# set). Each is installed only when missing.
 system-test-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="chromium fonts-dejavu-core fonts-noto-color-emoji"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core fonts-noto-color-emoji >/dev/null; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 run: install
@@ -44,7 +49,7 @@ screenshot: install-dev system-test-deps
 	$(PY) -m tests.app.screenshot docs/screenshot.png
 
 bench: install-dev
-	$(PY) -m bench.run
+	$(PY) -m bench.store_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

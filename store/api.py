@@ -190,8 +190,12 @@ class Store:
                     raise StoreError(f"User {name!r} has unknown role {role!r}; roles are {', '.join(ROLES)}.")
                 if name in existing:
                     existing[name].role = role
-                else:
-                    s.add(User(name=name, role=role))
+                    continue
+                try:
+                    with s.begin_nested():
+                        s.add(User(name=name, role=role))
+                except IntegrityError:  # another replica, starting at the same moment, added them first
+                    s.scalars(select(User).where(User.name == name)).one().role = role
 
     def users(self) -> list[tuple[str, str]]:
         with self.db.read() as s:
@@ -307,7 +311,11 @@ class Store:
                 raise NotFound(f"There is no stored answer #{ask_id}.")
             exists = s.scalars(select(Skip).where(Skip.ask_id == ask_id, Skip.rater == actor.rater)).first()
             if exists is None:
-                s.add(Skip(ask_id=ask_id, rater=actor.rater))
+                try:
+                    with s.begin_nested():
+                        s.add(Skip(ask_id=ask_id, rater=actor.rater))
+                except IntegrityError:  # the same annotator skipped it at the same moment, in another tab
+                    pass
 
     def resolve(self, actor: Actor, ask_id: int, *, verdict: str, reference_answer: str | None,
                 decision: str | None, comment: str = "") -> int:
@@ -345,11 +353,13 @@ class Store:
         )
         mine = select(Rating.ask_id).where(Rating.rater == actor.rater, Rating.source == "annotation")
         skipped = select(Skip.ask_id).where(Skip.rater == actor.rater)
+        resolved = select(Rating.ask_id).where(Rating.source == "resolution")  # an admin had the last word
         n = func.coalesce(counts.c.n, 0)
         return (
             select(Ask.id)
             .outerjoin(counts, counts.c.ask_id == Ask.id)
-            .where(Ask.consent.is_(True), n < self.ratings_per_item, Ask.id.not_in(mine), Ask.id.not_in(skipped))
+            .where(Ask.consent.is_(True), n < self.ratings_per_item, Ask.id.not_in(mine), Ask.id.not_in(skipped),
+                   Ask.id.not_in(resolved))
             .order_by(n, Ask.created_at, Ask.id)
         )
 
@@ -402,7 +412,7 @@ class Store:
             return Dashboard(
                 asks=len(rows),
                 consented=sum(1 for r in rows if r.consent),
-                rated=sum(1 for c in verdicts.values() if c.raters > 0),
+                rated=sum(1 for v in votes.values() if v),
                 ratings=s.scalar(select(func.count()).select_from(Rating)) or 0,
                 disputed=sum(1 for c in verdicts.values() if c.disputed),
                 versions=stats,
@@ -429,31 +439,41 @@ class Store:
     def consensus_items(self, actor: Actor, *, since: datetime | None = None,
                         consented_only: bool = True) -> Iterator[ConsensusItem]:
         """Every stored answer (consented ones only, by default) with its votes and consensus, oldest first."""
+        require(actor, "admin", to="export data")  # here, not in the generator: refused at the call, not later
+        return self._consensus_items(since, consented_only)
+
+    def _consensus_items(self, since: datetime | None, consented_only: bool) -> Iterator[ConsensusItem]:
+        with self.db.read() as s:
+            ratings: dict[int, list[Rating]] = defaultdict(list)
+            for rating in s.scalars(select(Rating).order_by(Rating.id)):
+                ratings[rating.ask_id].append(rating)
+            query = self._asks_query(select(Ask), since, consented_only).order_by(Ask.id)
+            last_image: tuple[int, bytes] | None = None  # answers about the same image usually come together
+            for ask in s.scalars(query).yield_per(500):
+                if last_image is None or last_image[0] != ask.image_id:
+                    last_image = (ask.image_id, s.scalar(select(StoredImage.data).where(StoredImage.id == ask.image_id)))
+                rows = ratings.get(ask.id, [])
+                votes = [Vote(r.rater, r.source, r.verdict, r.reference_answer, r.decision, r.id) for r in rows]
+                yield ConsensusItem(ask=_ask_view(ask), image_png=last_image[1],
+                                    votes=[_rating_view(r, True) for r in rows],
+                                    consensus=consensus(votes, self.ratings_per_item))
+
+    def count_asks(self, actor: Actor, *, consented_only: bool = True, since: datetime | None = None) -> int:
         require(actor, "admin", to="export data")
         with self.db.read() as s:
-            votes = self._votes(s)
-            query = select(Ask).order_by(Ask.id)
-            if consented_only:
-                query = query.where(Ask.consent.is_(True))
-            if since is not None:
-                query = query.where(Ask.created_at >= since)
-            for ask in s.scalars(query).yield_per(500):
-                ask_votes = votes.get(ask.id, [])
-                png = s.scalar(select(StoredImage.data).where(StoredImage.id == ask.image_id))
-                view = _ask_view(ask)
-                yield ConsensusItem(
-                    ask=view, image_png=png, votes=[_rating_view(r, True) for r in self._ratings(s, ask.id)],
-                    consensus=consensus(ask_votes, self.ratings_per_item),
-                )
+            return s.scalar(self._asks_query(select(func.count()).select_from(Ask), since, consented_only)) or 0
 
-    def count_asks(self, *, consented_only: bool = True, since: datetime | None = None) -> int:
-        with self.db.read() as s:
-            query = select(func.count()).select_from(Ask)
-            if consented_only:
-                query = query.where(Ask.consent.is_(True))
-            if since is not None:
-                query = query.where(Ask.created_at >= since)
-            return s.scalar(query) or 0
+    def _asks_query(self, query, since: datetime | None, consented_only: bool):
+        if consented_only:
+            query = query.where(Ask.consent.is_(True))
+        if since is not None:
+            query = query.where(Ask.created_at >= self._db_time(since))
+        return query
+
+    def _db_time(self, moment: datetime) -> datetime:
+        """A time to compare with stored ones: UTC, and naive on SQLite, which keeps times as UTC text."""
+        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=None) if self.db.is_sqlite else moment
 
     # --- helpers ---
 
@@ -507,7 +527,9 @@ def _utc(moment: datetime) -> datetime:
 def encode_png(image: PILImage.Image) -> bytes:
     """The image as a PNG with no metadata (EXIF, text chunks, ICC profile all dropped), deterministically."""
     buffer = io.BytesIO()
-    clean = PILImage.frombytes(image.mode, image.size, image.tobytes()) if image.mode in ("RGB", "L") else image.convert("RGB")
+    # Rebuilt from raw pixels: ``convert`` copies ``info``, and PNG saving writes the ICC profile it finds there.
+    pixels = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    clean = PILImage.frombytes(pixels.mode, pixels.size, pixels.tobytes())
     clean.save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Any number: the PostgreSQL advisory lock that serialises schema upgrades across replicas.
 _UPGRADE_LOCK_ID = 0x56495354
+#: Execution option marking the engine that write sessions use (SQLite begins their transactions IMMEDIATE).
+_WRITER = "visionthink_writer"
 
 
 class StoreError(RuntimeError):
@@ -41,12 +44,24 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            # Transactions are begun below, not by the sqlite3 module: in its legacy mode it begins none before a
+            # SELECT or a SAVEPOINT, so a released savepoint committed on its own and a failed write left its image
+            # or user rows behind.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection) -> None:
+            # Writers take the write lock at the start, waiting up to the busy timeout: a transaction that began as
+            # a read cannot take it once another connection (another Store, another process) has committed, and
+            # SQLite then fails at once with "database is locked" instead of waiting.
+            writer = connection.get_execution_options().get(_WRITER)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -56,6 +71,47 @@ def make_engine(url: str) -> Engine:
     raise StoreError(f"Unsupported database {parsed.get_backend_name()!r}: use a sqlite:/// or postgresql:// URL.")
 
 
+class FairLock:
+    """A lock taken in arrival order. ``threading.Lock`` lets the thread that releases it take it straight back,
+    so with many writers some wait through dozens of others' writes (see BENCHMARKS.md: the p99 latency of 32
+    concurrent writers); here the holder hands the lock to the longest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def __enter__(self) -> FairLock:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        try:
+            turn.acquire()  # released by the holder when it hands over: the lock is then ours
+        except BaseException:  # interrupted while waiting: leave the queue, or pass on a turn already handed over
+            with self._mutex:
+                if turn in self._waiters:
+                    self._waiters.remove(turn)
+                else:
+                    self._hand_over()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        with self._mutex:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().release()
+        else:
+            self._held = False
+
+
 class Database:
     """An engine plus the write discipline for it."""
 
@@ -63,7 +119,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        self._writer = self.engine.execution_options(**{_WRITER: True})
+        self._write_lock = FairLock() if self.is_sqlite else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -73,7 +130,7 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
-        with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
+        with self._write_lock, Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
 
@@ -84,7 +141,7 @@ class Database:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._write_lock, self.engine.begin() as connection:
+        with self._write_lock, self._writer.begin() as connection:
             if not self.is_sqlite:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _UPGRADE_LOCK_ID})
             config.attributes["connection"] = connection

@@ -144,7 +144,7 @@ def check_out(out: Path) -> None:
 
 def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime | None,
            progress: Progress | None) -> tuple[int, dict[str, int]]:
-    consented = store.count_asks(since=since)
+    consented = store.count_asks(actor, since=since)
     builder: _Builder = BUILDERS[fmt](folder, store, actor)
     ticker = _Ticker(progress, consented * (2 if builder.two_passes else 1))
     delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
@@ -155,7 +155,7 @@ def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime |
             time.sleep(delay)
     rows = builder.finish(ticker)
     skipped = Counter(builder.skipped)
-    unconsented = store.count_asks(consented_only=False, since=since) - consented
+    unconsented = store.count_asks(actor, consented_only=False, since=since) - consented
     if unconsented > 0:
         skipped["no_consent"] = unconsented
     skipped = dict(sorted(skipped.items()))

@@ -7,7 +7,6 @@ import zipfile
 
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 
 from store.api import Actor, Store
 from tests.app.conftest import PASSWORDS, serve_studio

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -24,6 +26,8 @@ from store.api import Actor, PermissionDenied, Store, encode_png
 from store.export import CONSENSUS_RULE, export, main
 from visionthink import protocol
 from visionthink.engine import Answer, TurnRecord
+from tests.store.conftest import BACKENDS
+from tests.support.postgres import fresh_database
 from visionthink.images import TokenReport, downsample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,13 +120,18 @@ class Data:
         rate_both(store, self.f, "correct", refs=("secret", "secret"), decisions=("needed_full",) * 2)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Data:
+    """The same stored answers on a SQLite file and on a fresh PostgreSQL database: every test runs on both."""
     folder = tmp_path_factory.mktemp("store")
-    url = f"sqlite:///{folder}/db.sqlite"
-    store = Store(url, anonymous_thumbs=True)
-    yield Data(store, url, folder / "db.sqlite")
-    store.close()
+    if request.param == "sqlite":
+        database = contextlib.nullcontext(f"sqlite:///{folder}/db.sqlite")
+    else:
+        database = fresh_database(request.getfixturevalue("postgres_url"))
+    with database as url:
+        store = Store(url, anonymous_thumbs=True)
+        yield Data(store, url, folder / "db.sqlite")
+        store.close()
 
 
 @pytest.fixture(scope="module")
