@@ -77,7 +77,9 @@ def render(board: Dashboard) -> tuple:
                          columns=["annotator", "ratings", "today"]),
             visible=True,
         )
-    return (summary, pd.DataFrame(rows), accuracy, high_res, saved_histogram(board), latest, annotators)
+    histogram = saved_histogram(board)
+    bins = sorted(set(histogram["saved"]), key=int)  # numeric order, not the labels' alphabetical one
+    return (summary, pd.DataFrame(rows), accuracy, high_res, gr.BarPlot(histogram, sort=bins), latest, annotators)
 
 
 def saved_histogram(board: Dashboard) -> pd.DataFrame:
