@@ -90,9 +90,60 @@ GENERAL_SYSTEM_PROMPT = (
 )
 
 
+# --- The LLM judge (accuracy reward), as the checkpoints were trained with -----------------------------------
+
+#: The judge's system prompt (``general_qa_tool.SYSTEM_PROMPT`` in the released code).
+JUDGE_SYSTEM_PROMPT = (
+    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
+    "question-answer pairs.\n"
+    "Your task is to compare the predicted answer with the correct answer and determine if they match "
+    "meaningfully. Here's how you can accomplish the task:\n"
+    "------\n"
+    "##INSTRUCTIONS:\n"
+    "- Focus on the meaningful match between the predicted answer and the correct answer.\n"
+    "- Consider synonyms or paraphrases as valid matches.\n"
+    "- Evaluate the correctness of the prediction compared to the answer."
+)
+
+#: The judge's user prompt; ``{question}`` is the whole first user message (instructions and ``<image>`` marker
+#: included), ``{ground_truth}`` the reference answer and ``{prediction}`` the model's ``<answer>`` text.
+JUDGE_USER_TEMPLATE = (
+    "I will give you a question related to an image and the following text as inputs:\n"
+    "\n"
+    "1. **Question Related to the Image**: {question}\n"
+    "2. **Ground Truth Answer**: {ground_truth}\n"
+    "3. **Model Predicted Answer**: {prediction}\n"
+    "\n"
+    "Your task is to evaluate the model's predicted answer against the ground truth answer, based on the "
+    "context provided by the question related to the image. Consider the following criteria for "
+    "evaluation:\n"
+    "- **Relevance**: Does the predicted answer directly address the question posed, considering the "
+    "information provided by the given question?\n"
+    "- **Accuracy**: Compare the predicted answer to the ground truth answer. You need to evaluate from "
+    "the following two perspectives:\n"
+    "(1) If the ground truth answer is open-ended, consider whether the prediction accurately reflects "
+    "the information given in the ground truth without introducing factual inaccuracies. If it does, the "
+    "prediction should be considered correct.\n"
+    "(2) If the ground truth answer is a definitive answer, strictly compare the model's prediction to "
+    "the actual answer. Pay attention to unit conversions such as length and angle, etc. As long as the "
+    "results are consistent, the model's prediction should be deemed correct.\n"
+    "**Output Format**:\n"
+    "Your response should include an integer score indicating the correctness of the prediction: 1 for "
+    "correct and 0 for incorrect. Note that 1 means the model's prediction strictly aligns with the "
+    "ground truth, while 0 means it does not.\n"
+    "The format should be \"Score: 0 or 1\""
+)
+
+
+def tool_response_parts() -> tuple[str, str]:
+    """The text before and after the full-resolution image in the tool-response user turn."""
+    return TOOL_RESPONSE_TEXT, "\n</tool_response>\n" + FOLLOWUP
+
+
 def tool_response_message() -> str:
     """User-turn content that hands the model the full-resolution image (one image placeholder)."""
-    return TOOL_RESPONSE_TEXT + IMAGE_PLACEHOLDER + "\n</tool_response>\n" + FOLLOWUP
+    before, after = tool_response_parts()
+    return before + IMAGE_PLACEHOLDER + after
 
 
 def error_response_message(error: str) -> str:
@@ -180,7 +231,7 @@ class Conversation:
     def add_tool_response(self) -> int:
         """Hand the model the next image (the full-resolution one); returns its image index."""
         index = self.image_count
-        before, after = tool_response_message().split(IMAGE_PLACEHOLDER, 1)
+        before, after = tool_response_parts()
         self._add_user((before, Image(index), after))
         return index
 

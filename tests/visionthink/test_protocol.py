@@ -475,3 +475,12 @@ def test_last_boxed_direct():
     assert last_boxed("\\boxed{}") == ""
     assert last_boxed("\\boxed{a{b}c}") == "a{b}c"
     assert last_boxed("\\boxed{1} \\boxed{2} \\boxed{3}") == "3"
+
+
+def test_judge_prompts_equal_the_released_code():
+    judge = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "judge_prompts.json").read_text())
+    assert protocol.JUDGE_SYSTEM_PROMPT == judge["JUDGE_SYSTEM_PROMPT"]
+    assert protocol.JUDGE_USER_TEMPLATE == judge["JUDGE_USER_TEMPLATE"]
+    assert protocol.JUDGE_USER_TEMPLATE.endswith('The format should be "Score: 0 or 1"')
+    filled = protocol.JUDGE_USER_TEMPLATE.format(question="Q", ground_truth="G", prediction="P")
+    assert "**Question Related to the Image**: Q\n2. **Ground Truth Answer**: G\n3. **Model Predicted Answer**: P\n" in filled
