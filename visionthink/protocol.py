@@ -342,7 +342,7 @@ def parse_turn(text: str) -> Turn:
         closes = [m.start() for m in re.finditer(f"</{tag}>", text)]
         if len(opens) > 1 or len(closes) > 1:
             if tag == "tool_call":
-                return invalid("You should only call function `resize` once per function call.")
+                return invalid(ONE_CALL_ERROR)
             return invalid(f"The turn repeats the <{tag}> tag; it must appear exactly once.")
         if opens and not closes:
             return invalid(f"The <{tag}> tag is never closed with </{tag}>.")
@@ -403,8 +403,17 @@ def check_tool_call(body: str) -> str | None:
     if not isinstance(arguments, dict) or set(arguments) != {"action"}:
         return 'The arguments must be the JSON object {"action": "resize"}'
     if arguments["action"] != TOOL_ACTION:
-        return f"Unknown Tool Type: {arguments['action']}. Available function tools are: `{TOOL_ACTION}`"
+        return unknown_action_error(arguments["action"])
     return None
+
+
+#: The trained error for more than one call in a turn.
+ONE_CALL_ERROR = "You should only call function `resize` once per function call."
+
+
+def unknown_action_error(action: object) -> str:
+    """The trained error for a ``resize_image`` call with another action."""
+    return f"Unknown Tool Type: {action}. Available function tools are: `{TOOL_ACTION}`"
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

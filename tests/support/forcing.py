@@ -44,3 +44,42 @@ def forcing_factory(tokenizer, turns: list[str]):
         return [ForceText(tokenizer.encode(text, add_special_tokens=False), end_id)]
 
     return factory
+
+
+class ForceEpisodes(LogitsProcessor):
+    """For training tests: in a batch, row i writes ``first_turns[i % len(first_turns)]``; a row that already holds
+    the full image (two images in context) writes ``after_tool``. Each turn ends with the end-of-turn token."""
+
+    def __init__(self, tokenizer, first_turns: list[str], after_tool: str) -> None:
+        self.end_id = tokenizer.convert_tokens_to_ids(protocol.IM_END)
+        self.vision_start = tokenizer.convert_tokens_to_ids(protocol.VISION_START)
+        self.first = [tokenizer.encode(t, add_special_tokens=False) + [self.end_id] for t in first_turns]
+        self.after = tokenizer.encode(after_tool, add_special_tokens=False) + [self.end_id]
+        self.start: int | None = None
+        self.targets: list[list[int]] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+            self.targets = [
+                self.after if int((row == self.vision_start).sum()) >= 2 else self.first[i % len(self.first)]
+                for i, row in enumerate(input_ids)
+            ]
+        step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for row, target in enumerate(self.targets):
+            forced[row, target[min(step, len(target) - 1)]] = 0.0
+        return forced
+
+
+def force_training_episodes(model, tokenizer, first_turns: list[str], after_tool: str = ANSWER_TURN):
+    """Wrap ``model.generate`` (as TRL calls it) so every generation call is forced by a fresh ``ForceEpisodes``."""
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        processors = list(kwargs.pop("logits_processor", None) or [])
+        processors.append(ForceEpisodes(tokenizer, first_turns, after_tool))
+        return original(*args, logits_processor=processors, **kwargs)
+
+    model.generate = generate
+    return model

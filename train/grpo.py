@@ -1,0 +1,244 @@
+"""Multi-turn GRPO for VisionThink with TRL: ``python -m train.grpo --config train/recipes/NAME.yaml [--field value …]``.
+
+The model sees the 1/4-resolution image; calling ``resize_image`` hands it the full image in a second turn
+(``train.environment``), rendered exactly as the checkpoints were trained (``train.chat_template``). Rewards are
+accuracy (an LLM or rule judge), format and penalty control (``train.rewards``). Several GPUs and nodes:
+``accelerate launch --config_file train/accelerate/<name>.yaml -m train.grpo --config …`` (README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("train.grpo")
+
+
+@dataclass
+class VisionThinkArguments:
+    """What VisionThink adds to TRL's GRPOConfig and ModelConfig (every field also a command-line flag)."""
+
+    dataset: str = field(metadata={"help": "A store export (grpo format), a parquet file, or a Hub dataset in "
+                                           "VisionThink's schema (problem, images, original_answer/solution)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows (smoke tests)."})
+    judge: str = field(default="env", metadata={
+        "help": "rule (offline exact/number/choice match), llm (the paper's judge on an OpenAI-compatible "
+                "endpoint, VISIONTHINK_JUDGE_* variables), or env (VISIONTHINK_JUDGE decides)."})
+    format_weight: float = field(default=0.5, metadata={"help": "Reward for a well-formed episode."})
+    penalty_mode: str = field(default="paper", metadata={
+        "help": "paper (Eq. 5), released (the released code's variant) or none."})
+    penalty_theta: float = field(default=0.2, metadata={"help": "θ of Eq. 5."})
+    penalty_value: float = field(default=0.1, metadata={"help": "What a penalised answer loses."})
+    penalty_scope: str = field(default="correct", metadata={
+        "help": "correct: only correct answers of the penalised action lose; all: every rollout of it (Eq. 5 "
+                "read literally)."})
+    max_turn_tokens: int = field(default=8192, metadata={
+        "help": "Tokens per model turn. max_completion_length must hold two turns, the tool text and the full "
+                "image's visual tokens; it is raised to that when smaller."})
+    image_max_pixels: int | None = field(default=None, metadata={
+        "help": "Lower the image processor's max_pixels (fewer visual tokens, less memory)."})
+    merge_lora: bool = field(default=True, metadata={
+        "help": "With use_peft, save the LoRA merged into a full checkpoint the app loads directly."})
+    log_completions_jsonl: bool = field(default=True, metadata={
+        "help": "Write every scored completion to output_dir/completions.jsonl (TRL's own log_completions "
+                "cannot log tool turns with images)."})
+
+
+class SetupError(ValueError):
+    """A training setup that cannot work; the message names the fields to change."""
+
+
+def check_setup(vt: VisionThinkArguments, training, num_processes: int) -> None:
+    """Refuse, before anything loads, the combinations that would train wrong or hang."""
+    g = training.num_generations
+    local = training.per_device_train_batch_size * training.steps_per_generation
+    if local % g:
+        raise SetupError(
+            f"per_device_train_batch_size ({training.per_device_train_batch_size}) × steps_per_generation "
+            f"({training.steps_per_generation}) = {local} is not a multiple of num_generations ({g}): a prompt's "
+            "group would be split across processes and the penalty ratio r (Eq. 5) computed on part of it."
+        )
+    if training.max_tool_calling_iterations not in (None, 1):
+        raise SetupError(
+            f"max_tool_calling_iterations is {training.max_tool_calling_iterations}; VisionThink allows one resize "
+            "(two turns), as the checkpoints were trained. Leave it unset or 1."
+        )
+    if num_processes > 1:
+        generation_safe = (training.use_vllm and training.vllm_mode == "colocate"
+                           and training.vllm_tensor_parallel_size == 1)
+        sharded = _zero_stage(training) == 3 or bool(training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+        if not generation_safe and (training.use_vllm or sharded):
+            raise SetupError(
+                "With several processes, only the ranks whose rollouts call resize_image generate a second turn. "
+                f"That hangs with use_vllm={training.use_vllm}, vllm_mode={training.vllm_mode!r}, "
+                f"vllm_tensor_parallel_size={training.vllm_tensor_parallel_size}"
+                + (" and sharded parameters (DeepSpeed ZeRO-3 / FSDP)" if sharded else "")
+                + ". Use use_vllm=true with vllm_mode=colocate and vllm_tensor_parallel_size=1, or transformers "
+                  "generation with DDP or DeepSpeed ZeRO-1/2."
+            )
+    if vt.penalty_mode not in ("paper", "released", "none") or vt.penalty_scope not in ("correct", "all"):
+        raise SetupError(f"penalty_mode must be paper, released or none and penalty_scope correct or all, not "
+                         f"{vt.penalty_mode!r} / {vt.penalty_scope!r}.")
+
+
+def _zero_stage(training) -> int | None:
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if stage:
+        return int(stage)
+    config = training.deepspeed
+    if isinstance(config, (str, Path)) and Path(config).is_file():
+        import json
+
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, dict):
+        return config.get("zero_optimization", {}).get("stage")
+    return None
+
+
+def completion_budget(processor, max_turn_tokens: int) -> int:
+    """Tokens a whole episode may take: two turns, the tool turn's text and the largest full image it can carry."""
+    from visionthink import protocol
+    from visionthink.hf import processor_pixel_limits
+
+    _, max_pixels = processor_pixel_limits(processor)
+    image_tokens = max_pixels // (28 * 28) + 2
+    tool_text = len(processor.tokenizer(protocol.tool_response_turn(), add_special_tokens=False)["input_ids"])
+    return 2 * max_turn_tokens + tool_text + image_tokens
+
+
+def trainer_class():
+    """GRPOTrainer with one fix for TRL 1.16, defined lazily so importing this module stays light."""
+    import numpy as np
+    import torch
+    from trl import GRPOTrainer
+
+    class VisionThinkGRPOTrainer(GRPOTrainer):
+        """With ``environment_factory``, TRL 1.16 keeps the prompts' image fields (``pixel_values``,
+        ``image_grid_thw``) as Python lists; its tool loop then fails (``'list' object has no attribute 'prod'``)
+        on a batch where every tool result is text only, i.e. every call was refused with the error turn. They are
+        made tensors here, as TRL makes them without an environment."""
+
+        def _tokenize_prompts(self, prompts):
+            prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+            for key in ("pixel_values", "image_grid_thw"):
+                if isinstance(fields.get(key), list) and fields[key]:
+                    fields[key] = torch.as_tensor(np.asarray(fields[key]))
+            return prompt_ids, images, fields
+
+    return VisionThinkGRPOTrainer
+
+
+def load_policy(model_args, training):
+    """The policy through ``from_pretrained`` in the dtype and attention the run asks for."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    dtype = model_args.dtype
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if training.bf16 else ("float16" if training.fp16 else "float32")
+    kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+              "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **kwargs)
+
+
+def build_trainer(vt: VisionThinkArguments, training, model_args):
+    """Everything for a run: processor with the training template, policy, data, judge, rewards, trainer."""
+    from accelerate import PartialState
+    from trl import get_peft_config
+
+    from train.chat_template import install
+    from train.data import training_dataset
+    from train.environment import ResizeEnvironment
+    from train.judge import RuleJudge, judge_from_env
+    from train.rewards import RewardSettings, VisionThinkRewards
+    from visionthink.hf import load_processor
+
+    check_setup(vt, training, PartialState().num_processes)
+    training.max_tool_calling_iterations = 1
+    training.remove_unused_columns = False  # the environment and the rewards read the dataset's columns
+    if training.log_completions:
+        log.warning("log_completions is off: TRL cannot log completions whose tool turns carry images; "
+                    "see output_dir/completions.jsonl instead.")
+        training.log_completions = False
+
+    processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+    stock_template = processor.chat_template
+    if vt.image_max_pixels:
+        size = dict(processor.image_processor.size)
+        size["longest_edge"] = vt.image_max_pixels
+        processor.image_processor.size = size
+    install(processor)
+    budget = completion_budget(processor, vt.max_turn_tokens)
+    if training.max_completion_length < budget:
+        log.info("max_completion_length %d → %d (two turns of %d tokens, the tool text and the full image).",
+                 training.max_completion_length, budget, vt.max_turn_tokens)
+        training.max_completion_length = budget
+
+    dataset = training_dataset(vt.dataset, vt.dataset_split, limit=vt.max_rows)
+    judge = RuleJudge() if vt.judge == "rule" else judge_from_env(
+        {**os.environ, "VISIONTHINK_JUDGE": "llm"} if vt.judge == "llm" else None)
+    rewards = VisionThinkRewards(
+        processor.tokenizer, judge,
+        RewardSettings(vt.format_weight, vt.penalty_mode, vt.penalty_theta, vt.penalty_value, vt.penalty_scope),
+        training.num_generations,
+        completions_log=Path(training.output_dir) / "completions.jsonl" if vt.log_completions_jsonl else None,
+    )
+    trainer = trainer_class()(
+        model=load_policy(model_args, training),
+        reward_funcs=rewards.functions,
+        args=training,
+        train_dataset=dataset,
+        processing_class=processor,
+        environment_factory=ResizeEnvironment,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.visionthink_stock_template = stock_template
+    return trainer
+
+
+def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True) -> Path:
+    """Save a checkpoint the engine loads with ``from_pretrained``: LoRA merged (unless asked not to) and the
+    processor with the checkpoint's own chat template, not the training one."""
+    output_dir = Path(output_dir)
+    processor = trainer.processing_class
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and merge_lora:
+        if trainer.accelerator.is_main_process:
+            model.merge_and_unload().save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))
+    if trainer.accelerator.is_main_process:
+        stock = getattr(trainer, "visionthink_stock_template", None)
+        processor.chat_template = stock
+        processor.tokenizer.chat_template = stock
+        processor.tokenizer.response_template = None
+        processor.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = TrlParser((VisionThinkArguments, GRPOConfig, ModelConfig))
+    vt, training, model_args = parser.parse_args_and_config(argv)
+    try:
+        trainer = build_trainer(vt, training, model_args)
+    except SetupError as exc:
+        log.error("%s", exc)
+        return 2
+    trainer.train()
+    path = save_checkpoint(trainer, training.output_dir, merge_lora=vt.merge_lora)
+    log.info("Saved the trained checkpoint to %s (load it with VISIONTHINK_MODEL=%s).", path, path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

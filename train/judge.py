@@ -1,0 +1,932 @@
+r"""Accuracy judges for the GRPO reward and the evaluation: is a model's ``<answer>`` right, 1, or wrong, 0?
+
+:class:`LLMJudge` asks an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, an open model served by vLLM) with
+the paper's judge prompt (``protocol.JUDGE_SYSTEM_PROMPT`` / ``JUDGE_USER_TEMPLATE``, spec §5.1); :class:`RuleJudge`
+scores offline by rules. :func:`judge_from_env` picks one from the ``VISIONTHINK_JUDGE*`` variables.
+
+A judgement that fails is ``None``, never a silent 0 or 1 (spec §9, defects 6 and 7): it is counted in
+``judge.stats.failures`` by reason and logged on the ``train.judge`` logger; the reward leaves it out.
+
+The verdict is the last ``Score: 0|1`` in the reply (:data:`VERDICT`), never "a ``1`` somewhere in the reply".
+Attempts follow the released code: up to three at temperature 0, 0.2 and 0.4, an attempt failing when its reply
+holds no verdict. Rate limits (429), server errors (5xx, 408, 409), timeouts and connection errors are retried with
+exponential backoff and jitter, honouring ``retry-after`` (capped); they are not attempts, but at most
+``max_retries`` of them are made per judgement, so a dead endpoint ends in ``None``. Any other 4xx (bad key, bad
+request) fails at once. The openai client's own retries are off, so this policy is the only one.
+
+Prompt injection. The prediction is model output, and the model is rewarded by the verdict, so it must not be able
+to write the verdict itself. Three measures:
+
+1. The prediction slot holds the prediction between two marker lines carrying a random nonce made for each
+   judgement (``<<<PREDICTION 3f…>>>`` … ``<<<END PREDICTION 3f…>>>``); the prediction cannot close the block,
+   because it cannot know the nonce. Every byte of the prompt around the slots is the template's.
+2. Inside the block every ``score`` (matched exactly as the verdict parser matches it, case-insensitively) is
+   followed by an invisible U+2060 WORD JOINER. The judge still reads "Score: 1", but no text inside the block
+   can ever match :data:`VERDICT`, whatever follows the word.
+3. Before the reply is parsed, every echo of the block is cut out of it: text between the nonce markers, from an
+   unmatched opening marker to the end, from the start to an unmatched closing marker, and, when the prediction
+   itself holds a verdict-like text, each verbatim copy of the prediction. A judge that quotes the prediction
+   therefore cannot contribute its "Score: 1". Reasoning before a ``</think>`` is ignored as well.
+
+What is left is a judge model that obeys instructions inside the data; the prompt is the paper's and cannot warn
+it, so :class:`LLMJudge` is only as robust as the judge model there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import unicodedata
+from abc import ABC, abstractmethod
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+from visionthink import protocol
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JUDGE_MODEL = "gpt-4o-2024-11-20"
+#: Temperature of attempt ``i`` is ``TEMPERATURE_STEP * i``: 0, 0.2, 0.4 as in the released code.
+TEMPERATURE_STEP = 0.2
+
+Item = tuple[str, str, str | None]  # (question, reference, prediction)
+
+
+class JudgeError(ValueError):
+    """A judge that cannot be built: a bad setting (the message names the variable) or an unusable cache file."""
+
+
+# --- The interface ---------------------------------------------------------------------------------------------
+
+
+class Judge(ABC):
+    """Scores a prediction against the reference answer of a question: 1 right, 0 wrong, None when it failed.
+
+    ``question`` is the user's question as asked (``<image>`` marker optional); ``prediction`` is the
+    ``<answer>`` text. A ``None`` or blank prediction is 0 without asking anyone.
+    """
+
+    name: str
+
+    @abstractmethod
+    def score(self, question: str, reference: str, prediction: str | None) -> int | None: ...
+
+    async def ascore(self, question: str, reference: str, prediction: str | None) -> int | None:
+        return self.score(question, reference, prediction)
+
+    def score_many(self, items: Sequence[Item]) -> list[int | None]:
+        """Scores of ``(question, reference, prediction)`` items, in their order."""
+        return [self.score(*item) for item in items]
+
+    async def ascore_many(self, items: Sequence[Item]) -> list[int | None]:
+        return list(await asyncio.gather(*(self.ascore(*item) for item in items)))
+
+
+def _blank(prediction: str | None) -> bool:
+    return prediction is None or not prediction.strip()
+
+
+# --- Verdicts and the injection defence -----------------------------------------------------------------------
+
+_MARKUP = r"[\s*_`'\"]{0,6}"
+#: A verdict: "score", optional markup, ":" or "=", optional markup, then 0 or 1 (1.0 allowed). Not a verdict:
+#: "Score: 10", "Score: 0.5", "1st", and the format line's "Score: 0 or 1" / "Score: 0/1".
+VERDICT = re.compile(
+    rf"\bscore{_MARKUP}[:=]?{_MARKUP}([01])(?:\.0+)?(?!\.?\d)\b(?!\s*(?:or|/)\s*[01]\b)",
+    re.IGNORECASE,
+)
+#: The word the verdict starts with, matched with the verdict's own (Unicode, case-insensitive) rules.
+_SCORE_WORD = re.compile("score", re.IGNORECASE)
+#: Follows every "score" inside the prediction block: invisible to a reader, and not whitespace to :data:`VERDICT`.
+WORD_JOINER = "\u2060"
+_THINK_END = "</think>"
+
+
+def open_marker(nonce: str) -> str:
+    return f"<<<PREDICTION {nonce}>>>"
+
+
+def close_marker(nonce: str) -> str:
+    return f"<<<END PREDICTION {nonce}>>>"
+
+
+def new_nonce(prediction: str = "") -> str:
+    """A random marker id the prediction does not contain."""
+    while True:
+        nonce = secrets.token_hex(8)
+        if nonce not in prediction:
+            return nonce
+
+
+def neutralise(prediction: str) -> str:
+    """The prediction with a word joiner after each "score", so that no part of it parses as a verdict."""
+    return _SCORE_WORD.sub(lambda m: m.group(0) + WORD_JOINER, prediction)
+
+
+def prediction_block(prediction: str, nonce: str) -> str:
+    """What fills the ``{prediction}`` slot: the neutralised prediction between the nonce marker lines."""
+    return f"{open_marker(nonce)}\n{neutralise(prediction)}\n{close_marker(nonce)}"
+
+
+_SLOT = re.compile(r"\{(question|ground_truth|prediction)\}")
+
+
+def judge_messages(question: str, reference: str, prediction: str, nonce: str) -> list[dict]:
+    """The chat messages of one judgement: the paper's system prompt and its user prompt with the slots filled.
+
+    The slots are filled in one pass, so text in one slot is never read as another slot.
+    """
+    values = {
+        "question": protocol.user_message(question),
+        "ground_truth": reference,
+        "prediction": prediction_block(prediction, nonce),
+    }
+    user = _SLOT.sub(lambda m: values[m.group(1)], protocol.JUDGE_USER_TEMPLATE)
+    return [{"role": "system", "content": protocol.JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def strip_echo(reply: str, nonce: str | None = None, prediction: str | None = None) -> str:
+    """The reply without any echo of the prediction block (see the module docstring, measure 3)."""
+    if nonce:
+        opening, closing = open_marker(nonce), close_marker(nonce)
+        reply = re.sub(re.escape(opening) + r".*?" + re.escape(closing), " ", reply, flags=re.DOTALL)
+        end = reply.rfind(closing)
+        if end != -1:  # a closing marker without its opening one: the echo started before it
+            reply = reply[end + len(closing) :]
+        start = reply.find(nonce)
+        if start != -1:  # an opening marker (or the bare nonce) without a closing one: the echo runs to the end
+            reply = reply[: reply.rfind("\n", 0, start) + 1]
+    if prediction and VERDICT.search(prediction):
+        reply = reply.replace(prediction, " ")
+        stripped = prediction.strip()
+        if stripped:
+            reply = reply.replace(stripped, " ")
+    return reply
+
+
+def parse_verdict(reply: str | None, nonce: str | None = None, prediction: str | None = None) -> int | None:
+    """The last ``Score: 0|1`` of the judge's reply, after any ``</think>`` and outside echoes; None if there is none.
+
+    >>> parse_verdict("The prediction is wrong. Score: 0 (1 would mean a match)")
+    0
+    >>> parse_verdict("1") is None
+    True
+    """
+    if not reply:
+        return None
+    reply = strip_echo(reply, nonce, prediction)
+    if _THINK_END in reply:
+        reply = reply.rsplit(_THINK_END, 1)[1]
+    verdicts = list(VERDICT.finditer(reply))
+    return int(verdicts[-1].group(1)) if verdicts else None
+
+
+# --- Cache -----------------------------------------------------------------------------------------------------
+
+
+class JudgeCache:
+    """Verdicts keyed by (judge model, question, reference, prediction): an in-memory LRU in front of an optional
+    SQLite file (WAL; shared by threads and by several training processes). Only verdicts are stored, never
+    failures.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise JudgeError(f"The judge cache needs max_entries of at least 1, not {max_entries}.")
+        self.path = Path(path) if path is not None else None
+        self.max_entries = max_entries
+        self._memory: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict INTEGER NOT NULL, "
+                    "model TEXT NOT NULL, created REAL NOT NULL)"
+                )
+            except (OSError, sqlite3.Error) as exc:
+                raise JudgeError(
+                    f"Cannot open the judge cache {self.path} ({exc}). Check VISIONTHINK_JUDGE_CACHE: it must be a "
+                    "writable file path."
+                ) from exc
+
+    @staticmethod
+    def key(model: str, question: str, reference: str, prediction: str) -> str:
+        payload = json.dumps([model, question, reference, prediction], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> int | None:
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
+            if self._db is None:
+                return None
+            try:
+                row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                logger.warning("Judge cache %s: lookup failed (%s); asking the judge instead.", self.path, exc)
+                return None
+            if row is None:
+                return None
+            self._remember(key, int(row[0]))
+            return int(row[0])
+
+    def put(self, key: str, verdict: int, model: str = "") -> None:
+        if verdict not in (0, 1):
+            raise ValueError(f"Only verdicts 0 and 1 are cached, not {verdict!r}.")
+        with self._lock:
+            self._remember(key, verdict)
+            if self._db is None:
+                return
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO verdicts (key, verdict, model, created) VALUES (?, ?, ?, ?)",
+                    (key, verdict, model, time.time()),
+                )
+            except sqlite3.Error as exc:
+                logger.warning("Judge cache %s: write failed (%s); the verdict stays in memory only.", self.path, exc)
+
+    def _remember(self, key: str, verdict: int) -> None:
+        self._memory[key] = verdict
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.max_entries:
+            self._memory.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self._db is None:
+                return len(self._memory)
+            return int(self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+# --- Counters --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeStats:
+    """What a judge did. Every call ends in exactly one of: an empty prediction (0), a cache hit, a verdict
+    from the endpoint (``judged``) or a failure (by reason), so ``calls`` is their sum.
+    """
+
+    calls: int = 0
+    empty_predictions: int = 0
+    cache_hits: int = 0
+    judged: int = 0
+    failures: Counter = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0  # transient errors retried (429, 5xx, timeouts, connection errors)
+    unparseable_replies: int = 0  # replies without a verdict (each one an attempt)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def fail(self, reason: str, count: int = 1) -> None:
+        with self._lock:
+            self.failures[reason] += count
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {
+                "calls": self.calls,
+                "empty_predictions": self.empty_predictions,
+                "cache_hits": self.cache_hits,
+                "judged": self.judged,
+                "failed": sum(self.failures.values()),
+                "failures": dict(self.failures),
+                "requests": self.requests,
+                "retries": self.retries,
+                "unparseable_replies": self.unparseable_replies,
+            }
+
+
+# --- The LLM judge ---------------------------------------------------------------------------------------------
+
+_TRANSIENT_STATUS = {408, 409, 429}
+
+
+class _Judgement:
+    """The retry state of one judgement, shared by the sync and the async path."""
+
+    def __init__(self, judge: LLMJudge, question: str, reference: str, prediction: str) -> None:
+        self.judge = judge
+        self.prediction = prediction
+        self.nonce = new_nonce(prediction)
+        self.messages = judge_messages(question, reference, prediction, self.nonce)
+        self.attempt = 0
+        self.transient = 0
+        self.requests = 0
+        self.verdict: int | None = None
+        self.reason: str | None = None
+        self.detail = ""
+
+    @property
+    def done(self) -> bool:
+        return self.verdict is not None or self.reason is not None
+
+    def request(self) -> dict:
+        self.requests += 1
+        self.judge.stats.add(requests=1)
+        return {
+            "model": self.judge.model,
+            "messages": self.messages,
+            "temperature": round(TEMPERATURE_STEP * self.attempt, 6),
+            "max_tokens": self.judge.max_tokens,
+        }
+
+    def received(self, completion) -> None:
+        choices = getattr(completion, "choices", None) or []
+        reply = (choices[0].message.content or "") if choices else ""
+        verdict = parse_verdict(reply, self.nonce, self.prediction)
+        if verdict is not None:
+            self.verdict = verdict
+            return
+        self.judge.stats.add(unparseable_replies=1)
+        self.attempt += 1
+        logger.debug("Judge reply without a verdict (attempt %d): %.200r", self.attempt, reply)
+        if self.attempt >= self.judge.max_attempts:
+            self.reason = "unparseable"
+            self.detail = f"{self.attempt} replies without a 'Score: 0|1'; the last was {reply[:200]!r}"
+
+    def errored(self, exc: openai.APIError) -> float:
+        """Record a failed request; returns the seconds to wait before the next one (when not done)."""
+        retry_after = None
+        if isinstance(exc, openai.APIStatusError):
+            reason = f"http_{exc.status_code}"
+            transient = exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
+            retry_after = _retry_after_s(exc.response.headers)
+        elif isinstance(exc, openai.APITimeoutError):
+            reason, transient = "timeout", True
+        elif isinstance(exc, openai.APIConnectionError):
+            reason, transient = "connection", True
+        else:  # a response the client could not read (a proxy's HTML page, …)
+            reason, transient = "bad_response", True
+        detail = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+        if not transient:
+            self.reason, self.detail = reason, detail
+            return 0.0
+        if self.transient >= self.judge.max_retries:
+            self.reason = reason
+            self.detail = f"{detail} (gave up after {self.transient} retries)"
+            return 0.0
+        self.transient += 1
+        self.judge.stats.add(retries=1)
+        delay = self.judge.backoff_s(self.transient, retry_after)
+        logger.debug("Judge request failed (%s); retry %d in %.2fs", detail, self.transient, delay)
+        return delay
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds asked for by ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if any."""
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except ValueError:
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class LLMJudge(Judge):
+    """The paper's judge on an OpenAI-compatible endpoint.
+
+    ``base_url`` names an OpenAI-compatible server (vLLM: ``http://host:8000/v1``; None: api.openai.com);
+    ``azure_endpoint`` with ``api_version`` selects Azure OpenAI, where ``model`` is the deployment name.
+    ``max_attempts`` replies without a verdict end a judgement; ``max_retries`` transient errors (429, 5xx,
+    timeouts, connection errors), waited out with backoff from ``retry_backoff_s`` doubling up to
+    ``max_backoff_s``, end it too. At most ``max_concurrency`` requests are in flight from the sync path (all
+    threads) and as many from the async path (per event loop).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str = DEFAULT_JUDGE_MODEL,
+        *,
+        api_key: str | None = None,
+        azure_endpoint: str | None = None,
+        api_version: str | None = None,
+        timeout_s: float = 120.0,
+        max_attempts: int = 3,
+        max_retries: int = 6,
+        max_concurrency: int = 16,
+        cache: JudgeCache | None = None,
+        max_tokens: int = 512,
+        retry_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        for label, value, least in (
+            ("max_attempts", max_attempts, 1),
+            ("max_retries", max_retries, 0),
+            ("max_concurrency", max_concurrency, 1),
+            ("max_tokens", max_tokens, 1),
+        ):
+            if value < least:
+                raise JudgeError(f"LLMJudge needs {label} of at least {least}, not {value}.")
+        if not timeout_s > 0 or retry_backoff_s < 0 or max_backoff_s < 0:
+            raise JudgeError(
+                f"LLMJudge needs timeout_s > 0 and non-negative backoffs, not timeout_s={timeout_s}, "
+                f"retry_backoff_s={retry_backoff_s}, max_backoff_s={max_backoff_s}."
+            )
+        if azure_endpoint and base_url:
+            raise JudgeError("Give the judge either base_url or azure_endpoint (Azure OpenAI), not both.")
+        if azure_endpoint and not api_version:
+            raise JudgeError("An Azure OpenAI judge needs api_version (VISIONTHINK_JUDGE_API_VERSION).")
+        self.model = model
+        self.name = f"llm:{model}"
+        self.base_url = base_url
+        self.azure_endpoint = azure_endpoint
+        self.timeout_s = float(timeout_s)
+        self.max_attempts = max_attempts
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
+        self.max_tokens = max_tokens
+        self.retry_backoff_s = float(retry_backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.cache = cache if cache is not None else JudgeCache()
+        self.stats = JudgeStats()
+        self._client_options: dict = {"api_key": api_key, "timeout": self.timeout_s, "max_retries": 0}
+        if azure_endpoint:
+            self._client_options.update(azure_endpoint=azure_endpoint, api_version=api_version)
+        else:
+            self._client_options.update(base_url=base_url)
+            if base_url and not api_key:
+                self._client_options["api_key"] = "EMPTY"  # a local vLLM server takes any key
+        self._client = self._make_client(asynchronous=False)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._async: dict[asyncio.AbstractEventLoop, tuple[openai.AsyncOpenAI, asyncio.Semaphore]] = {}
+
+    def _make_client(self, asynchronous: bool):
+        if self.azure_endpoint:
+            cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        else:
+            cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        try:
+            return cls(**self._client_options)
+        except openai.OpenAIError as exc:
+            raise JudgeError(
+                f"Cannot build the judge client ({exc}). Set VISIONTHINK_JUDGE_API_KEY (or OPENAI_API_KEY)."
+            ) from exc
+
+    def _async_resources(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for old in [old for old in self._async if old.is_closed()]:
+                del self._async[old]
+            if loop not in self._async:
+                self._async[loop] = (self._make_client(asynchronous=True), asyncio.Semaphore(self.max_concurrency))
+            return self._async[loop]
+
+    def backoff_s(self, retry: int, retry_after: float | None = None) -> float:
+        """Wait before transient retry number ``retry``: the server's ``retry-after`` when given, else exponential
+        with jitter; never more than ``max_backoff_s``."""
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_s)
+        ceiling = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (retry - 1))
+        return ceiling * (0.5 + random.random() / 2)
+
+    # -- scoring --
+
+    def _begin(self, question: str, reference: str, prediction: str | None) -> tuple[_Outcome | None, str]:
+        """Count the call; returns the outcome when it is known without a request, and the cache key."""
+        self.stats.add(calls=1)
+        if _blank(prediction):
+            self.stats.add(empty_predictions=1)
+            return _Outcome(0), ""
+        if not reference or not reference.strip():
+            return self._failed("empty_reference", "the reference answer is empty; fix the data row"), ""
+        key = JudgeCache.key(self.model, question, reference, prediction)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.stats.add(cache_hits=1)
+            return _Outcome(cached), key
+        return None, key
+
+    def _finish(self, judgement: _Judgement, key: str) -> _Outcome:
+        if judgement.verdict is not None:
+            self.stats.add(judged=1)
+            self.cache.put(key, judgement.verdict, self.model)
+            return _Outcome(judgement.verdict)
+        return self._failed(judgement.reason or "unknown", f"{judgement.detail} [{judgement.requests} request(s)]")
+
+    def _failed(self, reason: str, detail: str) -> _Outcome:
+        self.stats.fail(reason)
+        logger.warning("Judge %s failed (%s): %s", self.model, reason, detail)
+        return _Outcome(None, reason)
+
+    def _start(self, question: str, reference: str, prediction: str) -> _Judgement | _Outcome:
+        try:
+            return _Judgement(self, question, reference, prediction)
+        except ValueError as exc:  # a question protocol.user_message refuses (several <image> markers)
+            return self._failed("bad_question", str(exc))
+
+    def _judge(self, question: str, reference: str, prediction: str | None) -> _Outcome:
+        known, key = self._begin(question, reference, prediction)
+        if known is not None:
+            return known
+        judgement = self._start(question, reference, prediction)
+        if isinstance(judgement, _Outcome):
+            return judgement
+        while not judgement.done:
+            try:
+                with self._slots:
+                    completion = self._client.chat.completions.create(**judgement.request())
+            except openai.APIError as exc:
+                delay = judgement.errored(exc)
+                if delay > 0 and not judgement.done:
+                    time.sleep(delay)
+                continue
+            judgement.received(completion)
+        return self._finish(judgement, key)
+
+    async def _ajudge(self, question: str, reference: str, prediction: str | None) -> _Outcome:
+        known, key = self._begin(question, reference, prediction)
+        if known is not None:
+            return known
+        judgement = self._start(question, reference, prediction)
+        if isinstance(judgement, _Outcome):
+            return judgement
+        client, slots = self._async_resources()
+        while not judgement.done:
+            try:
+                async with slots:
+                    completion = await client.chat.completions.create(**judgement.request())
+            except openai.APIError as exc:
+                delay = judgement.errored(exc)
+                if delay > 0 and not judgement.done:
+                    await asyncio.sleep(delay)
+                continue
+            judgement.received(completion)
+        return self._finish(judgement, key)
+
+    def score(self, question: str, reference: str, prediction: str | None) -> int | None:
+        return self._judge(question, reference, prediction).verdict
+
+    async def ascore(self, question: str, reference: str, prediction: str | None) -> int | None:
+        """:meth:`score` on an async client of the running event loop (TRL's async rewards run on one long-lived
+        loop); a caller that closes its loop, as ``asyncio.run`` does, should ``await aclose()`` first."""
+        return (await self._ajudge(question, reference, prediction)).verdict
+
+    def score_many(self, items: Sequence[Item]) -> list[int | None]:
+        """Scores in the order of ``items``, judged on up to ``max_concurrency`` threads; an item repeated in
+        the batch is judged once."""
+        unique = _unique(items)
+        if not unique:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
+            outcomes = dict(zip(unique, pool.map(lambda item: self._judge(*item), unique), strict=True))
+        return self._spread(items, outcomes)
+
+    async def ascore_many(self, items: Sequence[Item]) -> list[int | None]:
+        """:meth:`score_many` on the async client (at most ``max_concurrency`` requests in flight)."""
+        unique = _unique(items)
+        outcomes = dict(zip(unique, await asyncio.gather(*(self._ajudge(*item) for item in unique)), strict=True))
+        return self._spread(items, outcomes)
+
+    def _spread(self, items: Sequence[Item], outcomes: dict[Item, _Outcome]) -> list[int | None]:
+        """The verdicts of ``items`` in order; a repeat counts as a call answered like its first occurrence: an
+        empty prediction, a cache hit or a failure for the same reason."""
+        repeats = Counter(tuple(item) for item in items)
+        for item, outcome in outcomes.items():
+            extra = repeats[item] - 1
+            if extra <= 0:
+                continue
+            self.stats.add(calls=extra)
+            if _blank(item[2]):
+                self.stats.add(empty_predictions=extra)
+            elif outcome.verdict is None:
+                self.stats.fail(outcome.reason or "unknown", extra)
+            else:
+                self.stats.add(cache_hits=extra)
+        return [outcomes[tuple(item)].verdict for item in items]
+
+    def close(self) -> None:
+        """Close the sync client and the cache file (async clients close with :meth:`aclose`)."""
+        self._client.close()
+        self.cache.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            resources = self._async.pop(loop, None)
+        if resources is not None:
+            await resources[0].close()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    verdict: int | None
+    reason: str | None = None  # why the judgement failed
+
+
+def _unique(items: Sequence[Item]) -> list[Item]:
+    return list(dict.fromkeys(tuple(item) for item in items))
+
+
+# --- The rule-based judge --------------------------------------------------------------------------------------
+
+_LETTERS = "A-H"
+_CHOICE_FORMS = (
+    re.compile(rf"^\(?([{_LETTERS}])\)?[.:)]?$", re.IGNORECASE),  # "B", "(b)", "B.", "B)"
+    re.compile(rf"^(?i:option|choice|answer)\s*:?\s*\(?([{_LETTERS}])\)?[.:)]?$"),  # "Option B"
+    re.compile(rf"^\(?([{_LETTERS}])[.:)]\s+\S"),  # "B. dog", "(B) dog", "B: dog"
+    re.compile(rf"^\(([{_LETTERS}])\)\s*\S"),  # "(B)dog"
+)
+_CHOICE_IN_TEXT = re.compile(
+    rf"(?i:answer|option|choice)(?:\s+(?i:is|would\s+be|should\s+be))?\s*:?\s*\(?([{_LETTERS}])\)?(?![\w'])"
+)
+_OPTION_LINE = re.compile(rf"^\s*\(?([{_LETTERS}])[.:)]\s*(.+?)\s*$", re.MULTILINE)
+_OPTION_INLINE = re.compile(rf"\(([{_LETTERS}])\)\s*(.+?)(?=\s*\([{_LETTERS}]\)|$)", re.MULTILINE)
+
+_NUMBER_TEXT = r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+\u2212]?\.\d+"
+_NUMBER = re.compile(rf"(?<![\w.])({_NUMBER_TEXT})(?:\s*/\s*(\d+(?:\.\d+)?))?(?:\s*(%|percent\b))?")
+#: A unit after a number: up to four words ("cm", "km/h", "square meters", "cm^2"), degrees or feet/inches marks.
+_UNIT = r"°\s*[CFcf]?|['\"]|[^\W\d_]+\.?(?:[\s/*·-]{1,3}[^\W\d_]+\.?){0,3}(?:\^?[23²³])?"
+_NUMBER_ONLY = re.compile(
+    rf"^(?:approximately\s+|about\s+|~\s*)?[$€£¥]?\s*({_NUMBER_TEXT})(?:\s*/\s*(\d+(?:\.\d+)?))?"
+    rf"\s*(%|percent)?\s*(?:{_UNIT})?\s*\.?$",
+    re.IGNORECASE,
+)
+_NUMBER_WORDS = {
+    word: index
+    for index, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+@dataclass(frozen=True)
+class _Number:
+    value: float
+    percent: bool
+
+
+def _clean(text: str) -> str:
+    """Unicode-normalised text without TeX wrappers, ``$`` signs and surrounding whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"\\(?:text|mathrm|textbf|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\d?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", text)
+    text = text.replace("\\%", "%").replace("\\,", "").replace("\\!", "").replace("$", " ")
+    return text.strip()
+
+
+def _normalised(text: str) -> str:
+    """Lower case, punctuation as spaces, no articles, single spaces."""
+    text = _clean(text).lower()
+    text = re.sub(r"[^\w\s]|_", " ", text)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def _to_number(match: re.Match) -> _Number | None:
+    try:
+        value = float(match.group(1).replace(",", "").replace("\u2212", "-"))
+        if match.group(2) is not None:
+            value /= float(match.group(2))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return _Number(value, bool(match.group(3))) if math.isfinite(value) else None
+
+
+def _as_number(text: str) -> _Number | None:
+    """The number ``text`` is (units, currency, percent and thousands separators allowed), or None."""
+    text = _clean(text)
+    match = _NUMBER_ONLY.match(text)
+    if match:
+        return _to_number(match)
+    word = _normalised(text)
+    if word in _NUMBER_WORDS:
+        return _Number(float(_NUMBER_WORDS[word]), False)
+    return None
+
+
+def _number_in(text: str) -> _Number | None:
+    """The number a free-text prediction states: all of it, else the last number after "answer is" or "=", else
+    its last number, else a number word ending it."""
+    whole = _as_number(text)
+    if whole is not None:
+        return whole
+    text = _clean(text)
+    stated = re.split(r"(?i:answer\s*(?:is|:)|=)", text)[-1]
+    for candidate in (stated, text):
+        matches = list(_NUMBER.finditer(candidate))
+        if matches:
+            return _to_number(matches[-1])
+    last = _normalised(text).split()[-1:]  # "I count twelve", but not "twelve hundred"
+    return _Number(float(_NUMBER_WORDS[last[0]]), False) if last and last[0] in _NUMBER_WORDS else None
+
+
+def _numbers_match(a: _Number, b: _Number) -> bool:
+    def close(x: float, y: float) -> bool:
+        return abs(x - y) <= max(1e-6, 1e-2 * abs(y))
+
+    if close(a.value, b.value):
+        return True
+    if a.percent != b.percent:  # "12%" against "0.12"
+        return close(a.value / 100, b.value) if a.percent else close(a.value, b.value / 100)
+    return False
+
+
+def _choice_letter(text: str, free_text: bool = False) -> str | None:
+    """The option letter ``text`` names ("B", "(B)", "B.", "Option B", "B. dog"; with ``free_text`` also
+    "the answer is B")."""
+    text = _clean(text)
+    for form in _CHOICE_FORMS:
+        match = form.match(text)
+        if match:
+            return match.group(1).upper()
+    if free_text:
+        matches = _CHOICE_IN_TEXT.findall(text)
+        if matches:
+            return matches[-1].upper()
+    return None
+
+
+def _options(question: str) -> dict[str, str]:
+    """The options listed in a multiple-choice question, letter to normalised text."""
+    options: dict[str, str] = {}
+    for pattern in (_OPTION_LINE, _OPTION_INLINE):
+        for letter, text in pattern.findall(question):
+            options.setdefault(letter.upper(), _normalised(text))
+    return options
+
+
+class RuleJudge(Judge):
+    r"""Offline scoring without a model, for tests and runs without an endpoint.
+
+    The ``\boxed{}`` content is compared when a side has one. An option-letter reference wants the same letter
+    ("B", "(B)", "B.", "Option B", "the answer is B") or the text of that option in the question; a numeric
+    reference wants a number within 1% relative or 1e-6 absolute (thousands separators, percent signs and units
+    ignored, "12%" also matching 0.12); a yes/no reference wants the same first word; anything else must match
+    after normalising case, whitespace, punctuation and articles. Never fails: 1 or 0.
+    """
+
+    name = "rule"
+
+    def __init__(self) -> None:
+        self.stats = JudgeStats()
+
+    def score(self, question: str, reference: str, prediction: str | None) -> int:
+        self.stats.add(calls=1)
+        if _blank(prediction):
+            self.stats.add(empty_predictions=1)
+            return 0
+        verdict = int(self._matches(question or "", reference or "", prediction))
+        self.stats.add(judged=1)
+        return verdict
+
+    def _matches(self, question: str, reference: str, prediction: str) -> bool:
+        reference = protocol.last_boxed(reference) or reference
+        prediction = protocol.last_boxed(prediction) or prediction
+        options = _options(question)
+
+        letter = _choice_letter(reference)
+        if letter is not None:
+            said = _choice_letter(prediction, free_text=True)
+            if said is not None:
+                return said == letter
+            return bool(options.get(letter)) and options[letter] == _normalised(prediction)
+
+        expected = _as_number(reference)
+        if expected is not None:
+            stated = _number_in(prediction)
+            return stated is not None and _numbers_match(stated, expected)
+
+        want, got = _normalised(reference), _normalised(prediction)
+        if want in ("yes", "no"):
+            return got.split()[:1] == [want]
+        if want and want == got:
+            return True
+        said = _choice_letter(prediction)  # a letter for an option-text reference
+        return said is not None and options.get(said) == want and bool(want)
+
+
+# --- Settings --------------------------------------------------------------------------------------------------
+
+#: The environment variables :func:`judge_from_env` reads (README has the table).
+ENV_VARS = (
+    "VISIONTHINK_JUDGE",
+    "VISIONTHINK_JUDGE_BASE_URL",
+    "VISIONTHINK_JUDGE_MODEL",
+    "VISIONTHINK_JUDGE_API_KEY",
+    "VISIONTHINK_JUDGE_AZURE_ENDPOINT",
+    "VISIONTHINK_JUDGE_API_VERSION",
+    "VISIONTHINK_JUDGE_CONCURRENCY",
+    "VISIONTHINK_JUDGE_TIMEOUT",
+    "VISIONTHINK_JUDGE_CACHE",
+)
+
+
+def judge_from_env(environ: Mapping[str, str] | None = None) -> Judge:
+    """The judge the ``VISIONTHINK_JUDGE*`` variables describe.
+
+    ``VISIONTHINK_JUDGE`` is ``llm`` or ``rule``; unset, it is ``llm`` when ``VISIONTHINK_JUDGE_BASE_URL`` or
+    ``VISIONTHINK_JUDGE_AZURE_ENDPOINT`` is set and ``rule`` otherwise, so offline runs work. The API key falls
+    back to ``OPENAI_API_KEY``. A bad value raises :class:`JudgeError` naming the variable.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value.strip() if value and value.strip() else None
+
+    base_url = get("VISIONTHINK_JUDGE_BASE_URL")
+    azure_endpoint = get("VISIONTHINK_JUDGE_AZURE_ENDPOINT")
+    kind = (get("VISIONTHINK_JUDGE") or ("llm" if base_url or azure_endpoint else "rule")).lower()
+    if kind not in ("llm", "rule"):
+        raise JudgeError(f"VISIONTHINK_JUDGE must be 'llm' or 'rule', not {env.get('VISIONTHINK_JUDGE')!r}.")
+    if kind == "rule":
+        return RuleJudge()
+
+    if base_url and azure_endpoint:
+        raise JudgeError(
+            "Set VISIONTHINK_JUDGE_BASE_URL (an OpenAI-compatible server) or VISIONTHINK_JUDGE_AZURE_ENDPOINT "
+            "(Azure OpenAI), not both."
+        )
+    for name, value in (("VISIONTHINK_JUDGE_BASE_URL", base_url), ("VISIONTHINK_JUDGE_AZURE_ENDPOINT", azure_endpoint)):
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise JudgeError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000/v1, not {value!r}.")
+    api_version = get("VISIONTHINK_JUDGE_API_VERSION")
+    if azure_endpoint and not api_version:
+        raise JudgeError(
+            "VISIONTHINK_JUDGE_API_VERSION must be set with VISIONTHINK_JUDGE_AZURE_ENDPOINT (e.g. 2024-10-21)."
+        )
+    api_key = get("VISIONTHINK_JUDGE_API_KEY") or get("OPENAI_API_KEY")
+    if not base_url and not azure_endpoint and not api_key:
+        raise JudgeError(
+            "VISIONTHINK_JUDGE=llm without VISIONTHINK_JUDGE_BASE_URL means api.openai.com, which needs "
+            "VISIONTHINK_JUDGE_API_KEY (or OPENAI_API_KEY). Set one, or use VISIONTHINK_JUDGE=rule offline."
+        )
+
+    concurrency = _parse("VISIONTHINK_JUDGE_CONCURRENCY", get("VISIONTHINK_JUDGE_CONCURRENCY"), int, 16)
+    timeout = _parse("VISIONTHINK_JUDGE_TIMEOUT", get("VISIONTHINK_JUDGE_TIMEOUT"), float, 120.0)
+    if concurrency < 1:
+        raise JudgeError(f"VISIONTHINK_JUDGE_CONCURRENCY must be at least 1, not {concurrency}.")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise JudgeError(f"VISIONTHINK_JUDGE_TIMEOUT must be a positive number of seconds, not {timeout}.")
+    cache_path = get("VISIONTHINK_JUDGE_CACHE")
+    return LLMJudge(
+        base_url=base_url,
+        model=get("VISIONTHINK_JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
+        api_key=api_key,
+        azure_endpoint=azure_endpoint,
+        api_version=api_version,
+        timeout_s=timeout,
+        max_concurrency=concurrency,
+        cache=JudgeCache(cache_path) if cache_path else None,
+    )
+
+
+def _parse(name: str, raw: str | None, kind: type, default):
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise JudgeError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {raw!r}.") from None
