@@ -92,12 +92,29 @@ def torchvision_works() -> bool:
     return True
 
 
+def adapter_base(name_or_path: str) -> str | None:
+    """The base model of a folder that holds a PEFT (LoRA) adapter, or None when it is not one."""
+    config = Path(str(name_or_path)).expanduser() / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config} names no base_model_name_or_path; cannot tell which model the adapter is for.")
+    return base
+
+
 def load_processor(name_or_path: str, *, revision: str | None = None, local_files_only: bool = False):
-    """The checkpoint's processor: stock ``AutoProcessor`` when torchvision works, else the image-only subclass."""
+    """The checkpoint's processor: stock ``AutoProcessor`` when torchvision works, else the image-only subclass.
+
+    An adapter folder without a processor of its own uses its base model's.
+    """
     kwargs: dict[str, Any] = {"local_files_only": local_files_only}
     if revision is not None:
         kwargs["revision"] = revision
     name_or_path = str(name_or_path)
+    base = adapter_base(name_or_path)
+    if base is not None and not (Path(name_or_path).expanduser() / "preprocessor_config.json").is_file():
+        return load_processor(base, local_files_only=local_files_only)
     if torchvision_works():
         from transformers import AutoProcessor
 
@@ -172,8 +189,19 @@ def load_model(
     device: str = "auto",
     local_files_only: bool = False,
 ):
-    """``Qwen2_5_VLForConditionalGeneration`` on the device, in the device's dtype, in eval mode."""
+    """``Qwen2_5_VLForConditionalGeneration`` on the device, in the device's dtype, in eval mode.
+
+    A folder holding a LoRA adapter (what ``train.grpo`` saves with ``merge_lora=false``) loads its base model and
+    merges the adapter into it.
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
+
+    base = adapter_base(name_or_path)
+    if base is not None:
+        from peft import PeftModel
+
+        model = load_model(base, device=device, local_files_only=local_files_only)
+        return PeftModel.from_pretrained(model, str(Path(str(name_or_path)).expanduser())).merge_and_unload().eval()
 
     target, dtype, attn_implementation = pick_device_and_dtype(device)
     kwargs: dict[str, Any] = {
@@ -296,6 +324,9 @@ def check_available(name_or_path: str, *, revision: str | None = None, timeout: 
         raise ModelUnavailable("No model was given: name a Hugging Face Hub id or a local folder.")
     path = Path(name).expanduser()
     if path.is_dir():
+        base = adapter_base(str(path))
+        if base is not None:
+            return check_available(base, timeout=timeout)
         if not (path / "config.json").is_file():
             raise ModelUnavailable(f"The folder {path} holds no config.json, so it is not a saved model.")
         return

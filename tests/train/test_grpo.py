@@ -236,3 +236,20 @@ def test_training_rows_hold_the_quarter_image_and_the_original(dataset_dir):
         assert np.array_equal(np.asarray(row["images"][0]), np.asarray(downsample(original["images"][0])))
         assert np.array_equal(np.asarray(row["full_image"]), np.asarray(original["images"][0]))
         assert row["original_answer"] == original["original_answer"]
+
+
+def test_an_unmerged_lora_adapter_loads_in_the_engine(train_model_dir, dataset_dir, tmp_path):
+    from visionthink.backends import TransformersBackend
+    from visionthink.hf import check_available
+
+    trainer, _ = make_trainer(train_model_dir, dataset_dir, tmp_path / "run", [ANSWER_TURN], use_peft=True,
+                              max_steps=1)
+    trainer.train()
+    adapter = save_checkpoint(trainer, tmp_path / "adapter", merge_lora=False)
+    merged = save_checkpoint(trainer, tmp_path / "merged")
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
+    check_available(str(adapter))  # the base it names is a local folder
+    from_adapter = TransformersBackend.load(str(adapter), device="cpu").model.state_dict()
+    from_merged = TransformersBackend.load(str(merged), device="cpu").model.state_dict()
+    assert set(from_adapter) == set(from_merged)
+    assert all(torch.allclose(from_adapter[k], from_merged[k], atol=1e-6) for k in from_adapter)
