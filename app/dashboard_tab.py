@@ -29,16 +29,18 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
                                   y_lim=[0, 1], elem_id="vt-plot-highres")
         saved = gr.BarPlot(x="saved", y="answers", color="version", title="Visual tokens saved per answer",
                            elem_id="vt-plot-saved", x_title="tokens saved (bin start)", sort="x")
+        agreement = gr.Dataframe(label="Automatic judge vs people (python -m train.score_store)", interactive=False,
+                                 elem_id="vt-dashboard-agreement")
         latest = gr.Dataframe(label="Latest ratings", interactive=False, elem_id="vt-dashboard-latest")
         annotators = gr.Dataframe(label="Annotators (admins only)", interactive=False, visible=False,
                                   elem_id="vt-dashboard-annotators")
-    outputs = [summary, versions, accuracy, high_res, saved, latest, annotators]
+    outputs = [summary, versions, accuracy, high_res, saved, agreement, latest, annotators]
 
     def load(request: gr.Request, profile: gr.OAuthProfile | None):
         try:
             board = ctx.store.dashboard(ctx.actor(request, profile))
         except StoreError as exc:
-            return (error_box(str(exc)), *[gr.skip()] * 6)
+            return (error_box(str(exc)), *[gr.skip()] * 7)
         return render(board)
 
     refresh.click(load, outputs=outputs, api_name="dashboard")
@@ -77,9 +79,15 @@ def render(board: Dashboard) -> tuple:
                          columns=["annotator", "ratings", "today"]),
             visible=True,
         )
+    agreement = pd.DataFrame([{
+        "judge": a.judge, "version": version_label(a.model_id, a.revision), "answers": a.items,
+        "agreement": None if a.agreement is None else round(a.agreement, 3),
+        "Cohen's kappa": None if a.kappa is None else round(a.kappa, 3), "judge failures": a.judge_failures,
+    } for a in board.agreement], columns=["judge", "version", "answers", "agreement", "Cohen's kappa", "judge failures"])
     histogram = saved_histogram(board)
     bins = sorted(set(histogram["saved"]), key=int)  # numeric order, not the labels' alphabetical one
-    return (summary, pd.DataFrame(rows), accuracy, high_res, gr.BarPlot(histogram, sort=bins), latest, annotators)
+    return (summary, pd.DataFrame(rows), accuracy, high_res, gr.BarPlot(histogram, sort=bins), agreement, latest,
+            annotators)
 
 
 def saved_histogram(board: Dashboard) -> pd.DataFrame:

@@ -20,7 +20,20 @@ from sqlalchemy.orm import Session
 
 from store.consensus import Consensus, Vote, consensus, normalise
 from store.db import Database, StoreError
-from store.models import DECISIONS, ROLES, SOURCES, VERDICTS, Ask, ModelVersion, Rating, Skip, StoredImage, User, utcnow
+from store.models import (
+    DECISIONS,
+    ROLES,
+    SOURCES,
+    VERDICTS,
+    Ask,
+    Judgement,
+    ModelVersion,
+    Rating,
+    Skip,
+    StoredImage,
+    User,
+    utcnow,
+)
 from visionthink.engine import Answer
 from visionthink.images import TokenReport
 
@@ -132,6 +145,29 @@ class VersionStats:
 
 
 @dataclass(frozen=True)
+class JudgeAgreement:
+    """How often an automatic judge agrees with the human consensus verdict, for one model version."""
+
+    judge: str
+    model_id: str
+    revision: str
+    items: int  # answers with both a human consensus verdict and a judge verdict
+    agreement: float | None
+    kappa: float | None  # Cohen's kappa; None when undefined (one class only on both sides)
+    judge_failures: int
+
+
+@dataclass(frozen=True)
+class JudgeTarget:
+    """A stored answer with a human consensus verdict, for a judge to score against the consensus reference."""
+
+    ask_id: int
+    question: str
+    reference_answer: str
+    prediction: str | None
+
+
+@dataclass(frozen=True)
 class AnnotatorStats:
     rater: str
     ratings: int
@@ -148,6 +184,7 @@ class Dashboard:
     versions: list[VersionStats]
     latest: list[RatingView]
     annotators: list[AnnotatorStats] | None  # admins only
+    agreement: list[JudgeAgreement] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -409,7 +446,9 @@ class Store:
                     .where(Rating.source == "annotation").group_by(Rating.rater).order_by(Rating.rater)
                 ).all()
                 annotators = [AnnotatorStats(r, n, today) for r, n, today in totals]
+            agreement = self._agreement(s, verdicts, versions)
             return Dashboard(
+                agreement=agreement,
                 asks=len(rows),
                 consented=sum(1 for r in rows if r.consent),
                 rated=sum(1 for v in votes.values() if v),
@@ -433,6 +472,53 @@ class Store:
             high_res_ratio=high / len(auto) if auto else None, tokens_saved_total=sum(saved), tokens_saved=saved,
             mean_latency_s=sum(a.latency_s for a in asks) / len(asks) if asks else None,
         )
+
+    # --- automatic judges against people ---
+
+    def judge_targets(self, actor: Actor, judge: str, *, rejudge: bool = False) -> list[JudgeTarget]:
+        """Answers with a complete human consensus and a reference, that ``judge`` has not scored yet."""
+        require(actor, "admin", to="score stored answers with a judge")
+        with self.db.read() as s:
+            votes = self._votes(s)
+            done = set() if rejudge else set(s.scalars(select(Judgement.ask_id).where(Judgement.judge == judge)))
+            targets = []
+            for ask in s.scalars(select(Ask).order_by(Ask.id)):
+                agreed = consensus(votes.get(ask.id, []), self.ratings_per_item)
+                if ask.id in done or not agreed.complete or not agreed.reference_answer:
+                    continue
+                targets.append(JudgeTarget(ask.id, ask.question, agreed.reference_answer, ask.answer))
+            return targets
+
+    def record_judgement(self, actor: Actor, ask_id: int, judge: str, verdict: int | None,
+                         reference_answer: str) -> None:
+        require(actor, "admin", to="store judge verdicts")
+        if verdict not in (0, 1, None):
+            raise StoreError(f"A judge verdict is 0, 1 or None (failed), not {verdict!r}.")
+        with self.db.write() as s:
+            if s.get(Ask, ask_id) is None:
+                raise NotFound(f"There is no stored answer #{ask_id}.")
+            s.add(Judgement(ask_id=ask_id, judge=judge, verdict=verdict, reference_answer=reference_answer))
+
+    def _agreement(self, s: Session, verdicts: dict[int, Consensus],
+                   versions: dict[int, ModelVersion]) -> list[JudgeAgreement]:
+        latest: dict[tuple[str, int], int | None] = {}
+        for judge, ask_id, verdict in s.execute(
+                select(Judgement.judge, Judgement.ask_id, Judgement.verdict).order_by(Judgement.id)):
+            latest[(judge, ask_id)] = verdict
+        version_of = dict(s.execute(select(Ask.id, Ask.model_version_id)).all())
+        pairs: dict[tuple[str, int], list[tuple[int, int | None]]] = defaultdict(list)
+        for (judge, ask_id), verdict in latest.items():
+            human = verdicts.get(ask_id)
+            if human is not None and human.complete:
+                pairs[(judge, version_of[ask_id])].append((int(human.verdict == "correct"), verdict))
+        out = []
+        for (judge, vid), items in sorted(pairs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            judged = [(h, j) for h, j in items if j is not None]
+            agreement, kappa = cohen(judged)
+            version = versions[vid]
+            out.append(JudgeAgreement(judge, version.model_id, version.revision, len(judged), agreement, kappa,
+                                      len(items) - len(judged)))
+        return out
 
     # --- export ---
 
@@ -522,6 +608,17 @@ def _rating_view(r: Rating, show_rater: bool) -> RatingView:
 def _utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def cohen(pairs: list[tuple[int, int]]) -> tuple[float | None, float | None]:
+    """Agreement rate and Cohen's kappa of two binary raters over ``pairs``; kappa is None when undefined."""
+    if not pairs:
+        return None, None
+    n = len(pairs)
+    observed = sum(1 for a, b in pairs if a == b) / n
+    a1, b1 = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
+    expected = a1 * b1 + (1 - a1) * (1 - b1)
+    return observed, (None if expected == 1 else (observed - expected) / (1 - expected))
 
 
 def encode_png(image: PILImage.Image) -> bytes:

@@ -129,3 +129,18 @@ class Skip(Base):
     ask_id: Mapped[int] = mapped_column(ForeignKey("asks.id"))
     rater: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Judgement(Base):
+    """An automatic judge's verdict on a stored answer against its human consensus reference. Append-only; the
+    latest per (ask, judge) counts. ``verdict`` is None when the judgement failed."""
+
+    __tablename__ = "judgements"
+    __table_args__ = (Index("ix_judgements_ask_judge", "ask_id", "judge"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ask_id: Mapped[int] = mapped_column(ForeignKey("asks.id"))
+    judge: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reference_answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import StatementError
 
 from store.api import MAX_TEXT, Actor, NotFound, PermissionDenied, QueueProgress, Store, StoreError
 from store.db import MIGRATIONS
-from store.models import Ask, Base, ModelVersion, Rating, Skip, StoredImage, User
+from store.models import Ask, Base, Judgement, ModelVersion, Rating, Skip, StoredImage, User
 from store.users import Directory, UserEntry, hash_password, parse_users, verify_password
 from tests.store.conftest import build_answer, sample_image
 
@@ -43,7 +43,7 @@ def row_counts(store: Store) -> dict[str, int]:
     """Rows per table, to show that a refused call wrote nothing."""
     with store.db.read() as s:
         return {model.__tablename__: s.scalar(select(func.count()).select_from(model))
-                for model in (User, ModelVersion, StoredImage, Ask, Rating, Skip)}
+                for model in (User, ModelVersion, StoredImage, Ask, Rating, Skip, Judgement)}
 
 
 # --- Schema ----------------------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def test_the_schema_comes_from_alembic_and_upgrading_again_changes_nothing(make_
     head = ScriptDirectory.from_config(config).get_current_head()
     with store.db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {
-            "alembic_version", "users", "model_versions", "images", "asks", "ratings", "skips"}
+            "alembic_version", "users", "model_versions", "images", "asks", "ratings", "skips", "judgements"}
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
         # The migrations build exactly what the models describe (no drift between the two).
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
