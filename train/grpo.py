@@ -167,7 +167,7 @@ def build_trainer(vt: VisionThinkArguments, training, model_args):
         training.log_completions = False
 
     processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
-    stock_template = processor.chat_template
+    stock_template, stock_size = processor.chat_template, dict(processor.image_processor.size)
     if vt.image_max_pixels:
         size = dict(processor.image_processor.size)
         size["longest_edge"] = vt.image_max_pixels
@@ -197,13 +197,13 @@ def build_trainer(vt: VisionThinkArguments, training, model_args):
         environment_factory=ResizeEnvironment,
         peft_config=get_peft_config(model_args),
     )
-    trainer.visionthink_stock_template = stock_template
+    trainer.visionthink_stock = {"chat_template": stock_template, "size": stock_size}
     return trainer
 
 
 def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True) -> Path:
     """Save a checkpoint the engine loads with ``from_pretrained``: LoRA merged (unless asked not to) and the
-    processor with the checkpoint's own chat template, not the training one."""
+    processor with the checkpoint's own chat template and pixel limits, not the training ones."""
     output_dir = Path(output_dir)
     processor = trainer.processing_class
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -214,11 +214,16 @@ def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True)
     else:
         trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
-        stock = getattr(trainer, "visionthink_stock_template", None)
-        processor.chat_template = stock
-        processor.tokenizer.chat_template = stock
+        # The checkpoint keeps its own chat template and pixel limits; the training ones stay with the run.
+        stock = getattr(trainer, "visionthink_stock", {})
+        training_state = (processor.chat_template, processor.tokenizer.response_template, processor.image_processor.size)
+        processor.chat_template = processor.tokenizer.chat_template = stock.get("chat_template")
         processor.tokenizer.response_template = None
+        if stock.get("size"):
+            processor.image_processor.size = stock["size"]
         processor.save_pretrained(output_dir)
+        processor.chat_template = processor.tokenizer.chat_template = training_state[0]
+        processor.tokenizer.response_template, processor.image_processor.size = training_state[1:]
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

@@ -108,7 +108,7 @@ def test_store_export_becomes_training_rows(rated_export):
 def test_cpu_smoke_recipe_trains_from_the_export_and_the_engine_loads_the_result(rated_export, tmp_path):
     from visionthink.tiny import build_tiny_model
 
-    tiny = build_tiny_model(tmp_path / "tiny", max_pixels=112 * 112)
+    tiny = build_tiny_model(tmp_path / "tiny")  # the real pixel limits; the recipe caps them for training only
     path, _ = rated_export
     out = tmp_path / "run"
     result = subprocess.run(
@@ -123,8 +123,9 @@ def test_cpu_smoke_recipe_trains_from_the_export_and_the_engine_loads_the_result
     from visionthink.backends import TransformersBackend
     from visionthink.engine import Engine, GenerationSettings
 
-    answer = Engine(TransformersBackend.load(str(out), device="cpu"),
-                    settings=GenerationSettings(max_new_tokens=4)).ask(Image.new("RGB", (112, 112)), "What?")
+    backend = TransformersBackend.load(str(out), device="cpu")
+    assert backend.pixel_limits == (3136, 12845056)  # the checkpoint's own limits, not the recipe's training cap
+    answer = Engine(backend, settings=GenerationSettings(max_new_tokens=4)).ask(Image.new("RGB", (112, 112)), "What?")
     assert answer.turns
 
 

@@ -1,0 +1,964 @@
+"""Evaluate a VisionThink model per mode: accuracy, high-resolution requests, visual tokens and latency.
+
+``python -m train.evaluate --model M --data D`` asks every item in the "auto", "low" and "high" modes, scores the
+answers with a judge (``train.judge``) and writes, under ``--out``: ``results.jsonl``, one line per item and mode,
+appended as each answer comes, so that a stopped run resumes where it stopped; ``summary.json``; ``summary.png``.
+The table goes to stdout, the progress bar to stderr.
+
+Definitions (also written into ``summary.json``):
+
+- accuracy = correct / judged. Engine errors and failed judgements are left out and counted; an episode that ended
+  without an ``<answer>`` is judged wrong.
+- high-resolution request ratio: the share of "auto" episodes in which the model called ``resize_image``. It does
+  not apply to "low" (the full image is never given) or "high" (it is given from the start).
+- retained = the visual tokens of all episodes / the visual tokens of one full-resolution pass over the same
+  items (a ratio of sums). A resize keeps the 1/4 image in context, so "auto" can exceed 100% on an item.
+- latency: the engine's time per episode (every turn), not counting judging; p50/p90 interpolate linearly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from visionthink.engine import MODES, Engine
+from visionthink.images import ImageError
+from visionthink.loader import ModelLoadError, load_engine
+from visionthink.settings import Settings, SettingsError
+
+log = logging.getLogger("train.evaluate")
+
+RESULTS_FILE = "results.jsonl"
+SUMMARY_JSON = "summary.json"
+SUMMARY_PNG = "summary.png"
+DEFAULT_OUT_ROOT = Path("runs") / "eval"
+#: The mode the others are compared with, as the paper compares with vanilla (full-resolution) inference.
+BASELINE_MODE = "high"
+
+DEFINITIONS = {
+    "accuracy": "correct / judged; engine errors and failed judgements are left out (counted in errors and "
+                "judge_failures); an episode without an <answer> is judged wrong",
+    "high_res_ratio": "auto mode: episodes in which the model called resize_image / episodes; null for low (the "
+                      "full image is never given) and high (it is given from the start)",
+    "tool_call_ratio": "episodes with at least one valid resize_image call / episodes, in any mode (in low and "
+                       "high the call is answered with an error turn)",
+    "retained_ratio": "sum of visual tokens used / sum of visual tokens of one full-resolution pass, over the "
+                      "episodes without engine errors",
+    "latency": "Answer.latency_s: the engine's time per episode, judging excluded; p50/p90 interpolate linearly",
+    "comparisons": "each mode against high over the items both answered without engine errors (accuracy over the "
+                   "items judged in both): accuracy difference in points, accuracy relative to high, visual "
+                   "tokens relative to high, mean latency relative to high",
+}
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot start or go on (bad data, an unknown mode, an output folder in use); the message
+    says what to change."""
+
+
+# --- Items -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question about one image, with its reference answers."""
+
+    id: str
+    image: Any  # a PIL image, encoded bytes or a path: anything ``Engine.ask`` takes
+    question: str  # the dataset's ``problem`` (with or without ``<image>``)
+    reference: str  # ``original_answer``, else ``solution``: what the LLM judge was prompted with (spec §5.1)
+    solution: str | None = None  # the rule-based ground truth, often a bare value
+    data_source: str | None = None
+
+    def reference_for(self, judge) -> str:
+        """The rule judge compares bare values best (``solution``); an LLM judge reads ``original_answer``."""
+        from train.judge import RuleJudge
+
+        if isinstance(judge, RuleJudge) and self.solution:
+            return self.solution
+        return self.reference
+
+
+class EvalItems(Sequence[EvalItem]):
+    """The usable rows of a dataset as ``EvalItem``s. Images stay in the (memory-mapped) dataset until an item is
+    read; ``ids`` are known without reading any image."""
+
+    def __init__(self, dataset, rows: list[tuple[int, str, str, str, str | None, str | None]], image_column: str,
+                 *, source: str, split: str, limit: int | None, skipped: Counter) -> None:
+        self._table = dataset.with_format("arrow")
+        self._rows = rows  # (dataset index, id, question, reference, solution, data source)
+        self._image_column = image_column
+        self.source = source
+        self.split = split
+        self.limit = limit
+        #: Rows left out, by reason.
+        self.skipped = skipped
+
+    @property
+    def ids(self) -> list[str]:
+        return [row[1] for row in self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position, item_id, question, reference, solution, data_source = self._rows[index]
+        value = self._table[position].column(self._image_column).to_pylist()[0]
+        return EvalItem(item_id, _image_source(value), question, reference, solution, data_source)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "split": self.split, "limit": self.limit, "items": len(self),
+                "skipped": dict(self.skipped)}
+
+
+def _looks_like_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", ".\\")) or source.endswith((".parquet", ".arrow", ".jsonl"))
+
+
+def load_items(source: str | os.PathLike, split: str = "train", limit: int | None = None) -> EvalItems:
+    """The items of a store export, a parquet file or folder, or a Hub dataset in VisionThink's schema (spec §7).
+
+    An item's id is its ``doc_id`` (a repeated ``doc_id`` gets ``#`` and a content hash), else a hash of the
+    problem and the image bytes, so the same data gives the same ids and a stopped run resumes. Rows without
+    exactly one image, a problem or a reference are skipped and counted in ``skipped``.
+    """
+    from train.data import load_source
+
+    text = str(source)
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be at least 1, not {limit}.")
+    if _looks_like_local_path(text) and not Path(text).expanduser().exists():
+        raise EvalError(f"There is no file or folder {text}. Give a saved dataset, a parquet file or a Hub id.")
+    try:
+        dataset = load_source(text, split)
+    except Exception as exc:  # datasets raises many types (not found, offline, bad split); one message for people
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EvalError(f"Cannot load the data {text!r} (split {split!r}): {detail}") from exc
+    columns = set(dataset.column_names)
+    image_column = "images" if "images" in columns else "image" if "image" in columns else None
+    missing = [name for name, ok in (("problem", "problem" in columns), ("images", image_column is not None),
+                                     ("original_answer or solution", bool({"original_answer", "solution"} & columns)))
+               if not ok]
+    if missing:
+        raise EvalError(f"{text} has no {', '.join(missing)} column; it is not in VisionThink's schema (spec §7).")
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+
+    rows: list[tuple[int, str, str, str, str | None, str | None]] = []
+    seen: set[str] = set()
+    skipped: Counter = Counter()
+    position = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=64):
+        for record in batch.to_pylist():
+            index, position = position, position + 1
+            question = str(record.get("problem") or "").strip()
+            original, solution = _text(record.get("original_answer")), _text(record.get("solution"))
+            image = record.get(image_column)
+            if isinstance(image, list):
+                if len(image) != 1:
+                    skipped["not_one_image"] += 1
+                    continue
+                image = image[0]
+            if image is None:
+                skipped["no_image"] += 1
+                continue
+            if not question:
+                skipped["no_problem"] += 1
+                continue
+            if not (original or solution):
+                skipped["no_reference"] += 1
+                continue
+            doc_id = record.get("doc_id")
+            item_id = str(doc_id) if doc_id is not None and str(doc_id) != "" else _content_id(question, image)
+            if item_id in seen:
+                item_id = f"{item_id}#{_content_id(question, image)}"
+            if item_id in seen:
+                skipped["duplicate"] += 1
+                continue
+            seen.add(item_id)
+            data_source = record.get("data_source")
+            rows.append((index, item_id, question, original or solution, solution,
+                         str(data_source) if data_source is not None else None))
+    if skipped:
+        log.warning("Skipped %d rows of %s: %s.", sum(skipped.values()), text,
+                    ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.items()))
+    if not rows:
+        raise EvalError(f"{text} holds no usable rows (each needs one image, a problem and a reference answer).")
+    return EvalItems(dataset, rows, image_column, source=text, split=split, limit=limit, skipped=skipped)
+
+
+def _text(value) -> str | None:
+    return (str(value).strip() or None) if value is not None else None
+
+
+def _image_source(value):
+    """What a row's image cell holds, as ``Engine.ask`` takes it: bytes or a path (no decoding here)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        return value.get("bytes") or value.get("path")
+    return value
+
+
+def _content_id(question: str, image) -> str:
+    digest = hashlib.sha256(question.encode("utf-8"))
+    digest.update(b"\0")
+    source = _image_source(image)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        digest.update(bytes(source))
+    elif hasattr(source, "tobytes"):  # a decoded PIL image
+        digest.update(f"{source.mode}{source.size}".encode())
+        digest.update(source.tobytes())
+    else:
+        digest.update(str(source).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+# --- One result ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One episode of one item in one mode, as a line of ``results.jsonl``."""
+
+    item: str
+    mode: str
+    model: str
+    settings: dict  # model revision and generation settings; a run resumes only rows with the same ones
+    question: str
+    reference: str
+    solution: str | None = None
+    data_source: str | None = None
+    answer: str | None = None
+    verdict: int | None = None  # 1 right, 0 wrong, None: not judged (judge failure or engine error)
+    judge: str | None = None
+    judge_error: str | None = None
+    requested_high_res: bool | None = None
+    stop_reason: str | None = None
+    turns: int = 0
+    turn_kinds: list[str] = field(default_factory=list)
+    tokens: dict | None = None  # every TokenReport field
+    latency_s: float | None = None
+    error: str | None = None  # the engine's error, when the episode failed
+    error_type: str | None = None
+    finished_at: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict) -> Result:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def run_settings(engine: Engine) -> dict:
+    """What must match for a stored result to count in this run, besides the model id."""
+    generation = engine.settings
+    return {
+        "revision": engine.model_revision or None,
+        "max_new_tokens": generation.max_new_tokens,
+        "temperature": generation.temperature,
+        "top_p": generation.top_p,
+        "max_turns": engine.max_turns,
+    }
+
+
+_EXPECTED_ERRORS: tuple[type[Exception], ...] = (ImageError, ValueError)
+
+
+def ask(engine: Engine, item: EvalItem, mode: str, settings: dict) -> Result:
+    """Run one episode; an engine error becomes a failed ``Result`` with the message (not judged)."""
+    result = Result(item=item.id, mode=mode, model=engine.model_id, settings=settings, question=item.question,
+                    reference=item.reference, solution=item.solution, data_source=item.data_source)
+    try:
+        answer = engine.ask(item.image, item.question, mode)
+    except Exception as exc:  # any engine failure (a refused image, a server error) is recorded, not fatal
+        from visionthink.backends import BackendError
+
+        if isinstance(exc, (*_EXPECTED_ERRORS, BackendError)):
+            log.warning("Item %s, %s mode: %s", item.id, mode, exc)
+        else:
+            log.exception("Item %s, %s mode failed unexpectedly", item.id, mode)
+        result.error, result.error_type = str(exc) or type(exc).__name__, type(exc).__name__
+    else:
+        result.answer = answer.answer
+        result.requested_high_res = answer.requested_high_res
+        result.stop_reason = answer.stop_reason
+        result.turns = len(answer.turns)
+        result.turn_kinds = [turn.kind for turn in answer.turns]
+        result.tokens = answer.tokens.to_dict()
+        result.latency_s = round(answer.latency_s, 4)
+    result.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
+
+
+def judge_results(judge, results: list[Result], items: dict[str, EvalItem] | None = None) -> None:
+    """Fill in the verdicts of ``results`` (in place). No answer is wrong without asking the judge; a judge that
+    raises leaves the verdict None, with the message in ``judge_error``."""
+    asking = []
+    for result in results:
+        result.judge, result.judge_error = judge.name, None
+        if result.failed:
+            result.verdict = None
+        elif result.answer is None or not result.answer.strip():
+            result.verdict = 0
+        else:
+            asking.append(result)
+    if not asking:
+        return
+    triples = []
+    for result in asking:
+        item = (items or {}).get(result.item)
+        reference = item.reference_for(judge) if item is not None else result.reference
+        triples.append((result.question, reference, result.answer))
+    try:
+        verdicts = judge.score_many(triples)
+    except Exception as exc:  # the judges return None for their own failures; this is a broken judge
+        log.warning("The judge %s failed: %s", judge.name, exc)
+        verdicts = [None] * len(asking)
+        for result in asking:
+            result.judge_error = str(exc) or type(exc).__name__
+    for result, verdict in zip(asking, verdicts, strict=True):
+        result.verdict = None if verdict is None else int(verdict)
+
+
+# --- The results file ------------------------------------------------------------------------------------------
+
+
+class ResultsLog:
+    """``results.jsonl`` held open for appending under an exclusive lock: one JSON line per result, flushed and
+    synced before the next episode starts. Opening it drops a partly written last line (a run killed mid-write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.unreadable = 0
+        self._file = open(path, "a+b")  # noqa: SIM115 (closed in close())
+        try:
+            _lock(self._file, path)
+            self.results = self._read()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read(self) -> list[Result]:
+        self._file.seek(0)
+        data = self._file.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s ends with a partly written line (a stopped run); dropping it.", self.path)
+            self._file.truncate(keep)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            data = data[:keep]
+        results = []
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                results.append(Result.from_json(json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                self.unreadable += 1
+                log.warning("%s line %d is not a result (%s); ignoring it.", self.path, number, exc)
+        return results
+
+    def append(self, result: Result) -> None:
+        line = json.dumps(result.to_json(), ensure_ascii=False) + "\n"
+        self._file.write(line.encode("utf-8"))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.results.append(result)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _lock(handle, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, one run per folder is then up to the user
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise EvalError(f"Another evaluation is writing to {path}. Wait for it to finish or choose another --out.") from None
+
+
+# --- Aggregates ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModeSummary:
+    """The aggregates of one mode over the run's items (see the module docstring for the definitions)."""
+
+    mode: str
+    items: int
+    errors: int
+    answered: int
+    no_answer: int
+    judged: int
+    judge_failures: int
+    correct: int
+    accuracy: float | None
+    high_res_requests: int | None
+    high_res_ratio: float | None
+    tool_call_episodes: int
+    tool_call_ratio: float | None
+    tokens_used_total: int
+    tokens_full_res_total: int
+    mean_tokens_used: float | None
+    mean_tokens_full_res: float | None
+    mean_tokens_low_res: float | None
+    mean_tokens_high_res: float | None
+    retained_ratio: float | None
+    latency_mean_s: float | None
+    latency_p50_s: float | None
+    latency_p90_s: float | None
+    stop_reasons: dict[str, int]
+    error_types: dict[str, int]
+
+
+@dataclass
+class Comparison:
+    """A mode against full-resolution inference ("high") over the items both answered, as the paper frames it."""
+
+    mode: str
+    baseline: str
+    paired_items: int
+    judged_items: int
+    accuracy: float | None
+    baseline_accuracy: float | None
+    accuracy_diff_points: float | None
+    relative_accuracy: float | None
+    token_ratio: float | None
+    latency_ratio: float | None
+
+
+def summarise_mode(mode: str, results: list[Result]) -> ModeSummary:
+    done = [r for r in results if not r.failed]
+    judged = [r for r in done if r.verdict is not None]
+    correct = sum(r.verdict for r in judged)
+    tokens = [r.tokens or {} for r in done]
+    used = [t.get("used", 0) for t in tokens]
+    full = [t.get("full_res", 0) for t in tokens]
+    latencies = [r.latency_s for r in done if r.latency_s is not None]
+    high_res = sum(bool(r.requested_high_res) for r in done) if mode == "auto" else None
+    tool_calls = sum("tool_call" in r.turn_kinds for r in done)
+    return ModeSummary(
+        mode=mode,
+        items=len(results),
+        errors=len(results) - len(done),
+        answered=sum(r.answer is not None for r in done),
+        no_answer=sum(r.answer is None for r in done),
+        judged=len(judged),
+        judge_failures=len(done) - len(judged),
+        correct=correct,
+        accuracy=_ratio(correct, len(judged)),
+        high_res_requests=high_res,
+        high_res_ratio=_ratio(high_res, len(done)) if high_res is not None else None,
+        tool_call_episodes=tool_calls,
+        tool_call_ratio=_ratio(tool_calls, len(done)),
+        tokens_used_total=sum(used),
+        tokens_full_res_total=sum(full),
+        mean_tokens_used=_mean(used),
+        mean_tokens_full_res=_mean(full),
+        mean_tokens_low_res=_mean([t.get("low_res", 0) for t in tokens]),
+        mean_tokens_high_res=_mean([t.get("high_res", 0) for t in tokens]),
+        retained_ratio=_ratio(sum(used), sum(full)),
+        latency_mean_s=_mean(latencies),
+        latency_p50_s=_percentile(latencies, 50),
+        latency_p90_s=_percentile(latencies, 90),
+        stop_reasons=dict(Counter(r.stop_reason for r in done if r.stop_reason)),
+        error_types=dict(Counter(r.error_type or "error" for r in results if r.failed)),
+    )
+
+
+def compare(mode: str, results: dict[str, Result], baseline: dict[str, Result]) -> Comparison:
+    """``results`` and ``baseline`` map item id to result."""
+    paired = [i for i in results if i in baseline and not results[i].failed and not baseline[i].failed]
+    judged = [i for i in paired if results[i].verdict is not None and baseline[i].verdict is not None]
+    accuracy = _ratio(sum(results[i].verdict for i in judged), len(judged))
+    base_accuracy = _ratio(sum(baseline[i].verdict for i in judged), len(judged))
+    used = sum((results[i].tokens or {}).get("used", 0) for i in paired)
+    base_used = sum((baseline[i].tokens or {}).get("used", 0) for i in paired)
+    latency = _mean([results[i].latency_s for i in paired if results[i].latency_s is not None])
+    base_latency = _mean([baseline[i].latency_s for i in paired if baseline[i].latency_s is not None])
+    return Comparison(
+        mode=mode,
+        baseline=BASELINE_MODE,
+        paired_items=len(paired),
+        judged_items=len(judged),
+        accuracy=accuracy,
+        baseline_accuracy=base_accuracy,
+        accuracy_diff_points=(accuracy - base_accuracy) * 100 if judged else None,
+        relative_accuracy=accuracy / base_accuracy if judged and base_accuracy else None,
+        token_ratio=_ratio(used, base_used),
+        latency_ratio=latency / base_latency if latency is not None and base_latency else None,
+    )
+
+
+def _ratio(part: float | None, whole: float) -> float | None:
+    return part / whole if part is not None and whole else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# --- The report ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What an evaluation measured, and where it wrote it."""
+
+    model: str
+    model_source: str
+    judge: str
+    data: dict
+    modes: dict[str, ModeSummary]
+    comparisons: dict[str, Comparison]
+    settings: dict
+    judge_stats: dict | None
+    run: dict  # what this invocation did: episodes run, reused from the results file, re-judged
+    out_dir: Path
+    notice: str | None = None
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / RESULTS_FILE
+
+    @property
+    def summary_json(self) -> Path:
+        return self.out_dir / SUMMARY_JSON
+
+    @property
+    def summary_png(self) -> Path:
+        return self.out_dir / SUMMARY_PNG
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "model_source": self.model_source,
+            "notice": self.notice,
+            "judge": self.judge,
+            "data": self.data,
+            "items": self.data.get("items"),
+            "settings": self.settings,
+            "modes": {mode: dataclasses.asdict(summary) for mode, summary in self.modes.items()},
+            "comparisons": {f"{c.mode}_vs_{c.baseline}": dataclasses.asdict(c) for c in self.comparisons.values()},
+            "judge_stats": self.judge_stats,
+            "run": self.run,
+            "definitions": DEFINITIONS,
+            "files": {"results": RESULTS_FILE, "plot": SUMMARY_PNG},
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def table(self) -> str:
+        """The plain-text table for the terminal."""
+        header = ("mode", "items", "errors", "no answer", "unjudged", "accuracy", "high-res", "tokens used",
+                  "full res", "retained", "latency", "p50", "p90")
+        rows = [header]
+        for s in self.modes.values():
+            rows.append((
+                s.mode, str(s.items), str(s.errors), str(s.no_answer), str(s.judge_failures),
+                f"{_pct(s.accuracy)} ({s.correct}/{s.judged})" if s.judged else "—",
+                _pct(s.high_res_ratio) if s.high_res_ratio is not None else "—",
+                _num(s.mean_tokens_used), _num(s.mean_tokens_full_res), _pct(s.retained_ratio),
+                _secs(s.latency_mean_s), _secs(s.latency_p50_s), _secs(s.latency_p90_s),
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = [
+            f"VisionThink evaluation of {self.model} on {self.data.get('source') or 'the given items'} "
+            f"({self.data.get('items')} items, judge: {self.judge})",
+            "",
+        ]
+        for row in rows:
+            lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                   enumerate(zip(row, widths, strict=True))).rstrip())
+        lines.append("")
+        for c in self.comparisons.values():
+            if not c.paired_items:
+                lines.append(f"{c.mode} vs {c.baseline}: no item answered in both modes.")
+                continue
+            parts = []
+            if c.judged_items:
+                parts.append(f"accuracy {c.accuracy_diff_points:+.1f} points"
+                             + (f" ({_pct(c.relative_accuracy)} of {c.baseline})" if c.relative_accuracy is not None else ""))
+            if c.token_ratio is not None:
+                parts.append(f"visual tokens {_pct(c.token_ratio)} of {c.baseline}")
+            if c.latency_ratio is not None:
+                parts.append(f"latency {_pct(c.latency_ratio)} of {c.baseline}")
+            lines.append(f"{c.mode} vs {c.baseline} ({c.paired_items} items answered in both): " + ", ".join(parts))
+        lines += [
+            "accuracy = correct / judged (engine errors and unjudged answers left out; no answer counts as wrong).",
+            "high-res = auto episodes that asked for the full image; — where it does not apply "
+            "(low never gets it, high starts with it).",
+            "tokens: mean visual tokens per episode; retained = total used / total for one full-resolution pass.",
+            "latency: mean, p50 and p90 seconds per episode (engine time, judging excluded).",
+        ]
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}s"
+
+
+# --- The plot --------------------------------------------------------------------------------------------------
+
+_COLOURS = {"auto": "#1f77b4", "low": "#ff7f0e", "high": "#2ca02c"}
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """Accuracy against visual tokens retained per mode, and latency per mode, as a PNG (Agg, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 5), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    summaries = list(report.modes.values())
+
+    xs = [s.retained_ratio * 100 for s in summaries if s.retained_ratio is not None]
+    left.axvline(100, color="grey", linestyle=":", linewidth=1)
+    left.text(100, 106, "one full-resolution pass", color="grey", fontsize=8, ha="center", va="bottom")
+    plotted = 0
+    for s in summaries:
+        if s.retained_ratio is None or s.accuracy is None:
+            continue
+        x, y = s.retained_ratio * 100, s.accuracy * 100
+        label = f"{s.mode}: {y:.1f}% correct, {x:.0f}% of the visual tokens"
+        if s.high_res_ratio is not None:
+            label += f", {s.high_res_ratio * 100:.0f}% asked for the full image"
+        left.scatter([x], [y], s=90, color=_COLOURS.get(s.mode, "black"), zorder=3, label=label)
+        left.annotate(s.mode, (x, y), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=10)
+        plotted += 1
+    left.set_xlim(0, max([110.0, *(x + 10 for x in xs)]))
+    left.set_ylim(-2, 112)
+    left.set_xlabel("Visual tokens used (% of one full-resolution pass)")
+    left.set_ylabel("Accuracy (% of judged answers)")
+    left.set_title("Accuracy vs visual tokens", pad=14)
+    left.grid(alpha=0.3)
+    if plotted:
+        left.legend(loc="lower right", fontsize=8)
+    else:
+        left.text(55, 50, "no judged answers", ha="center", color="grey")
+
+    names = [s.mode for s in summaries]
+    means = [s.latency_mean_s or 0.0 for s in summaries]
+    right.bar(names, means, color=[_COLOURS.get(n, "grey") for n in names], alpha=0.8, label="mean")
+    for index, s in enumerate(summaries):
+        if s.latency_p50_s is not None:
+            right.plot([index], [s.latency_p50_s], marker="o", color="black", linestyle="none",
+                       label="p50" if index == 0 else None)
+        if s.latency_p90_s is not None:
+            right.plot([index], [s.latency_p90_s], marker="^", color="black", linestyle="none",
+                       label="p90" if index == 0 else None)
+    top = max([*means, *(s.latency_p90_s or 0.0 for s in summaries)])
+    right.set_ylim(0, top * 1.3 if top > 0 else 1.0)  # room for the legend above the bars
+    right.set_xlabel("Mode")
+    right.set_ylabel("Latency per episode (s)")
+    right.set_title("Latency per episode", pad=14)
+    right.grid(axis="y", alpha=0.3)
+    right.legend(loc="upper center", ncol=3, fontsize=8)
+
+    figure.suptitle(f"{_short(report.model)} on {_short(str(report.data.get('source')), 50)}: "
+                    f"{report.data.get('items')} items, judge {report.judge}")
+    _atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _atomic_write(path: Path, write) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+# --- The evaluation --------------------------------------------------------------------------------------------
+
+
+def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
+    """``"auto,low"`` or a list of modes, checked and without repeats, in the given order."""
+    names = [m.strip() for m in (modes.split(",") if isinstance(modes, str) else modes) if m.strip()]
+    unknown = [m for m in names if m not in MODES]
+    if unknown:
+        raise EvalError(f"Unknown mode {', '.join(map(repr, unknown))}; choose from {', '.join(MODES)}.")
+    if not names:
+        raise EvalError(f"No mode given; choose from {', '.join(MODES)}.")
+    return tuple(dict.fromkeys(names))
+
+
+def evaluate(
+    engine: Engine,
+    items: Sequence[EvalItem],
+    *,
+    modes: Iterable[str] = MODES,
+    judge,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    retry_failed: bool = False,
+    data: dict | None = None,
+) -> Report:
+    """Ask every item in every mode, judge, and write ``results.jsonl``, ``summary.json`` and ``summary.png``.
+
+    Results already in ``out_dir/results.jsonl`` for the same model and settings are reused (a stopped run
+    resumes); results whose verdict is missing or came from another judge are judged again; failed episodes are
+    run again only with ``retry_failed``. A newer line for an item and mode supersedes an older one.
+    """
+    modes = parse_modes(modes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = list(getattr(items, "ids", None) or [item.id for item in items])
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise EvalError(f"Item ids must be unique; repeated: {', '.join(repeated[:5])}.")
+    wanted = set(ids)
+    settings = run_settings(engine)
+    model = engine.model_id
+    counts = Counter()
+
+    with ResultsLog(out / RESULTS_FILE) as results_log:
+        current: dict[tuple[str, str], Result] = {}
+        for result in results_log.results:
+            if result.model == model and result.settings == settings:
+                current[(result.item, result.mode)] = result  # the newest line wins
+            else:
+                counts["other_runs_rows"] += 1
+        current = {key: r for key, r in current.items() if key[0] in wanted and key[1] in modes}
+        counts["reused"] = sum(not (retry_failed and r.failed) for r in current.values())
+        pending = {(i, m) for i in ids for m in modes
+                   if (i, m) not in current or (retry_failed and current[(i, m)].failed)}
+
+        stale = [r for r in current.values() if not r.failed and (r.judge != judge.name or r.verdict is None)]
+        if stale:
+            log.info("Judging %d stored answers again (no verdict yet, or another judge).", len(stale))
+            rejudged = [dataclasses.replace(r, turn_kinds=list(r.turn_kinds)) for r in stale]
+            positions = {item_id: position for position, item_id in enumerate(ids)}
+            judge_results(judge, rejudged, {r.item: items[positions[r.item]] for r in rejudged})
+            for result in rejudged:
+                results_log.append(result)
+                current[(result.item, result.mode)] = result
+            counts["rejudged"] = len(rejudged)
+
+        from tqdm import tqdm
+
+        with tqdm(total=len(pending), desc=f"Evaluating {model_slug(model)}", unit="episode", file=sys.stderr,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for position, item_id in enumerate(ids):
+                todo = [m for m in modes if (item_id, m) in pending]
+                if not todo:
+                    continue
+                item = items[position]
+                for mode in todo:
+                    bar.set_postfix_str(f"{item_id[:24]} {mode}")
+                    result = ask(engine, item, mode, settings)
+                    judge_results(judge, [result], {item.id: item})
+                    results_log.append(result)
+                    current[(item_id, mode)] = result
+                    counts["run"] += 1
+                    counts["failed"] += result.failed
+                    bar.update(1)
+        counts["unreadable_lines"] = results_log.unreadable
+
+    by_mode = {mode: {i: current[(i, mode)] for i in ids if (i, mode) in current} for mode in modes}
+    summaries = {mode: summarise_mode(mode, list(by_mode[mode].values())) for mode in modes}
+    comparisons = {mode: compare(mode, by_mode[mode], by_mode[BASELINE_MODE])
+                   for mode in modes if mode != BASELINE_MODE and BASELINE_MODE in modes}
+    stats = getattr(judge, "stats", None)
+    description = dict(data or (items.describe() if hasattr(items, "describe") else {}))
+    description.setdefault("items", len(ids))
+    report = Report(
+        model=model,
+        model_source=engine.model_source,
+        judge=judge.name,
+        data=description,
+        modes=summaries,
+        comparisons=comparisons,
+        settings={**settings, "modes": list(modes)},
+        judge_stats=stats.as_dict() if hasattr(stats, "as_dict") else None,
+        run={"episodes_run": counts["run"], "episodes_failed": counts["failed"], "reused": counts["reused"],
+             "rejudged": counts["rejudged"], "rows_of_other_runs": counts["other_runs_rows"],
+             "unreadable_lines": counts["unreadable_lines"]},
+        out_dir=out,
+        notice=engine.notice,
+    )
+    _atomic_write(report.summary_json,
+                  lambda handle: handle.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode()))
+    write_plot(report, report.summary_png)
+    return report
+
+
+# --- Command line ----------------------------------------------------------------------------------------------
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m train.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="Hub id or folder of the checkpoint (VISIONTHINK_MODEL); 'auto' asks the server.")
+    parser.add_argument("--revision", help="Hub revision of the checkpoint (VISIONTHINK_REVISION).")
+    parser.add_argument("--data", required=True, help="A store export (save_to_disk folder), a parquet file or "
+                        "folder, or a Hub dataset id, in VisionThink's schema.")
+    parser.add_argument("--split", default="train", help="Split of a Hub dataset (default: train).")
+    parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated: auto, low, high (default: all).")
+    parser.add_argument("--limit", type=int, help="Evaluate the first N rows only.")
+    parser.add_argument("--judge", choices=("rule", "llm", "env"), default="env",
+                        help="rule (offline matching), llm (the paper's judge; VISIONTHINK_JUDGE_* variables) or "
+                             "env (VISIONTHINK_JUDGE decides; rule when nothing is set).")
+    parser.add_argument("--out", help="Output folder (default: runs/eval/<model>).")
+    parser.add_argument("--backend", choices=("transformers", "openai"), help="VISIONTHINK_BACKEND.")
+    parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (VISIONTHINK_BASE_URL).")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE).")
+    parser.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
+    parser.add_argument("--retry-failed", action="store_true", help="Run again the episodes that failed last time.")
+    parser.add_argument("--allow-fallback", action="store_true",
+                        help="Evaluate the tiny random model when the model cannot be loaded (its answers are noise; "
+                             "for smoke tests only).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    return parser
+
+
+def model_slug(model_id: str) -> str:
+    """A folder-safe model name: a folder's own name, or a Hub id with ``/`` as ``--``."""
+    name = Path(model_id).expanduser().name if _looks_like_local_path(model_id) or Path(model_id).is_dir() \
+        else model_id.replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def default_out_dir(model_id: str) -> Path:
+    """``runs/eval/<model_slug>``."""
+    return DEFAULT_OUT_ROOT / model_slug(model_id)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {
+        "model": args.model,
+        "revision": args.revision,
+        "backend": args.backend,
+        "base_url": args.base_url,
+        "device": args.device,
+        "max_new_tokens": args.max_new_tokens,
+        # An evaluation of the stand-in would be meaningless: fail instead, unless asked for.
+        "fallback": "tiny" if args.allow_fallback else "none",
+    }
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _judge(kind: str):
+    from train.judge import RuleJudge, judge_from_env
+
+    if kind == "rule":
+        return RuleJudge()
+    if kind == "llm":
+        return judge_from_env({**os.environ, "VISIONTHINK_JUDGE": "llm"})
+    return judge_from_env()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from train.judge import JudgeError
+
+    try:
+        modes = parse_modes(args.modes)
+        settings = _settings(args)
+        judge = _judge(args.judge)
+        items = load_items(args.data, args.split, limit=args.limit)
+    except (EvalError, SettingsError, JudgeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    refusal = ("An evaluation does not fall back to the tiny random model; pass --allow-fallback to evaluate it "
+               "anyway (its answers are meaningless).")
+    try:
+        try:
+            engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))
+        except ModelLoadError as exc:
+            hint = f" {refusal}" if settings.backend == "transformers" and not args.allow_fallback else ""
+            print(f"error: {exc}{hint}", file=sys.stderr)
+            return EXIT_FAILED
+        if engine.notice:
+            if not args.allow_fallback:
+                print(f"error: {engine.notice} {refusal}", file=sys.stderr)
+                return EXIT_FAILED
+            print(f"WARNING: {engine.notice}", file=sys.stderr)
+        out = Path(args.out).expanduser() if args.out else default_out_dir(engine.model_id)
+        try:
+            report = evaluate(engine, items, modes=modes, judge=judge, out_dir=out, progress=not args.no_progress,
+                              retry_failed=args.retry_failed)
+        except EvalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print(f"\nStopped. Finished episodes are in {out / RESULTS_FILE}; run the same command again to resume.",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+    finally:
+        close = getattr(judge, "close", None)
+        if close is not None:
+            close()
+    print(report.table())
+    print(f"Wrote {report.results_path}, {report.summary_json} and {report.summary_png}.", file=sys.stderr)
+    episodes = sum(s.items for s in report.modes.values())
+    if episodes and all(s.errors == s.items for s in report.modes.values()):
+        print("error: every episode failed (see the messages above).", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
