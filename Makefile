@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev system-test-deps tiny-model screenshot bench clean
+.PHONY: run test install install-dev system-test-deps tiny-model screenshot bench retrain clean
 
 # torch is installed on its own first so that pip takes the pinned build (the local CPU wheel here, CUDA on a
 # GPU host) before anything else can ask for a different one. No eager upgrades.
@@ -48,8 +48,13 @@ tiny-model: install
 screenshot: install-dev system-test-deps
 	$(PY) -m tests.app.screenshot docs/screenshot.png
 
-bench: install-dev
-	$(PY) -m bench.store_bench
+bench: install-dev system-test-deps
+	$(PY) -m bench.store_bench --write
+	$(PY) -m bench.grpo_bench --write
+
+# Retrain from the collected ratings (LoRA on one GPU by default); ARGS="--recipe … -- --field value" to change it.
+retrain: install
+	$(PY) -m train.retrain $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
