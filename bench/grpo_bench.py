@@ -130,12 +130,13 @@ def _version(name: str) -> str:
     return version(name)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Put ``text`` in BENCHMARKS.md in place of its ``section`` (appended when it is not there yet)."""
     path = ROOT / "BENCHMARKS.md"
     current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION in current:
-        start = current.index(SECTION)
-        end = current.find("\n## ", start + len(SECTION))
+    if section in current:
+        start = current.index(section)
+        end = current.find("\n## ", start + len(section))
         current = current[:start] + text + (current[end + 1:] if end != -1 else "")
     else:
         current = current.rstrip("\n") + "\n\n" + text

@@ -146,8 +146,12 @@ def load_policy(model_args, training):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **kwargs)
 
 
-def build_trainer(vt: VisionThinkArguments, training, model_args):
-    """Everything for a run: processor with the training template, policy, data, judge, rewards, trainer."""
+def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None):
+    """Everything for a run: processor with the training template, policy, data, judge, rewards, trainer.
+
+    ``model`` is a policy already built (benchmarks on random weights); by default it is loaded from
+    ``model_args.model_name_or_path``, which also names the processor.
+    """
     from accelerate import PartialState
     from trl import get_peft_config
 
@@ -156,6 +160,7 @@ def build_trainer(vt: VisionThinkArguments, training, model_args):
     from train.environment import ResizeEnvironment
     from train.judge import RuleJudge, judge_from_env
     from train.rewards import RewardSettings, VisionThinkRewards
+    from visionthink import protocol
     from visionthink.hf import load_processor
 
     check_setup(vt, training, PartialState().num_processes)
@@ -179,6 +184,17 @@ def build_trainer(vt: VisionThinkArguments, training, model_args):
                  training.max_completion_length, budget, vt.max_turn_tokens)
         training.max_completion_length = budget
 
+    # A sampled vision token would be read as an image slot when the completion is fed back (TRL only guards
+    # <|image_pad|>): keep all of them out of the model's turns, as the engine does.
+    tokenizer = processor.tokenizer
+    vision_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS})
+    generation = dict(training.generation_kwargs or {})
+    if training.use_vllm:
+        generation["logit_bias"] = {**generation.get("logit_bias", {}), **{i: -100.0 for i in vision_ids}}
+    else:
+        generation["suppress_tokens"] = sorted(set(generation.get("suppress_tokens", [])) | set(vision_ids))
+    training.generation_kwargs = generation
+
     dataset = training_dataset(vt.dataset, vt.dataset_split, limit=vt.max_rows)
     judge = RuleJudge() if vt.judge == "rule" else judge_from_env(
         {**os.environ, "VISIONTHINK_JUDGE": "llm"} if vt.judge == "llm" else None)
@@ -189,7 +205,7 @@ def build_trainer(vt: VisionThinkArguments, training, model_args):
         completions_log=Path(training.output_dir) / "completions.jsonl" if vt.log_completions_jsonl else None,
     )
     trainer = trainer_class()(
-        model=load_policy(model_args, training),
+        model=model if model is not None else load_policy(model_args, training),
         reward_funcs=rewards.functions,
         args=training,
         train_dataset=dataset,

@@ -253,3 +253,13 @@ def test_an_unmerged_lora_adapter_loads_in_the_engine(train_model_dir, dataset_d
     from_merged = TransformersBackend.load(str(merged), device="cpu").model.state_dict()
     assert set(from_adapter) == set(from_merged)
     assert all(torch.allclose(from_adapter[k], from_merged[k], atol=1e-6) for k in from_adapter)
+
+
+def test_vision_tokens_are_never_sampled(trained):
+    trainer, batches, _, _ = trained
+    tokenizer = trainer.processing_class.tokenizer
+    vision = {tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS}
+    assert vision <= set(trainer.generation_config.suppress_tokens)  # TRL alone suppresses only <|image_pad|>
+    for batch in batches:  # and no model token is one of them
+        model_tokens = batch["completion_ids"][(batch["completion_mask"] * batch["tool_mask"]).bool()]
+        assert not set(model_tokens.tolist()) & vision
