@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# No model hub is reachable in tests or CI: fail fast instead of waiting on the network. Tests of the online path
+# switch this off for themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import pytest
 

@@ -63,7 +63,13 @@ def load_source(source: str | Path, split: str = "train") -> datasets.Dataset:
         return datasets.load_dataset("parquet", data_files=files, split="train")
     if path.exists():
         raise DataError(f"{path} is neither a saved dataset (save_to_disk) nor parquet.")
-    return datasets.load_dataset(str(source), split=split)
+    name = str(source)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise DataError(f"{source} does not exist (and is not a Hub dataset id like Senqiao/VisionThink-Smart-Train).")
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # the Hub unreachable, offline mode, no such dataset or split
+        raise DataError(f"Could not load the Hub dataset {name} (split {split}): {exc}") from exc
 
 
 def to_training_row(row: dict) -> dict | None:

@@ -250,9 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = TrlParser((VisionThinkArguments, GRPOConfig, ModelConfig))
     vt, training, model_args = parser.parse_args_and_config(argv)
+    from train.data import DataError
+    from train.judge import JudgeError
+    from visionthink.hf import ModelUnavailable
+
     try:
         trainer = build_trainer(vt, training, model_args)
-    except SetupError as exc:
+    except (SetupError, DataError, JudgeError, ModelUnavailable) as exc:
         log.error("%s", exc)
         return 2
     trainer.train()

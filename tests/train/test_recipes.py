@@ -138,3 +138,15 @@ def test_a_bad_setup_exits_2_with_the_fields_to_change(tmp_path):
     assert result.returncode == 2
     assert "max_tool_calling_iterations is 3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    from train.data import DataError, training_dataset
+
+    for source, message in [(tmp_path / "nowhere", "does not exist"), ("not/a/hub/id", "does not exist"),
+                            ("someone/missing-dataset", "Could not load the Hub dataset")]:
+        with pytest.raises(DataError, match=message):
+            training_dataset(source)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="neither a saved dataset"):
+        training_dataset(tmp_path / "notes.txt")
