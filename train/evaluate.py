@@ -884,18 +884,12 @@ def default_out_dir(model_id: str) -> Path:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    overrides = {
-        "model": args.model,
-        "revision": args.revision,
-        "backend": args.backend,
-        "base_url": args.base_url,
-        "device": args.device,
-        "max_new_tokens": args.max_new_tokens,
+    return Settings.from_env().override(
+        model=args.model, revision=args.revision, backend=args.backend, base_url=args.base_url, device=args.device,
+        max_new_tokens=args.max_new_tokens,
         # An evaluation of the stand-in would be meaningless: fail instead, unless asked for.
-        "fallback": "tiny" if args.allow_fallback else "none",
-    }
-    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        fallback="tiny" if args.allow_fallback else "none",
+    )
 
 
 def _judge(kind: str):

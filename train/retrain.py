@@ -55,13 +55,11 @@ def split_export(export_path: Path, out: Path, fraction: float) -> tuple[Path, P
 
 def evaluate_model(model: str, eval_path: Path, out: Path, modes: tuple[str, ...], judge, settings) -> dict:
     """Evaluate one model on the held-out rows; refuses the tiny stand-in (a fallback is never evaluated)."""
-    import dataclasses
-
     from train.evaluate import evaluate, load_items
     from visionthink.loader import ModelLoadError, load_engine
 
     try:
-        engine = load_engine(dataclasses.replace(settings, model=model, fallback="none"))
+        engine = load_engine(settings.override(model=model, fallback="none"))
     except ModelLoadError as exc:
         raise RetrainError(f"Could not load {model} to evaluate it: {exc}") from exc
     report = evaluate(engine, load_items(eval_path), modes=modes, judge=judge, out_dir=out, progress=False,

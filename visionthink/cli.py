@@ -7,7 +7,6 @@ stderr; the model is not loaded until the input has been checked.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -67,17 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    overrides = {
-        "model": args.model,
-        "revision": args.revision,
-        "backend": args.backend,
-        "base_url": args.base_url,
-        "device": args.device,
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-    }
-    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return Settings.from_env().override(model=args.model, revision=args.revision, backend=args.backend,
+                                        base_url=args.base_url, device=args.device,
+                                        max_new_tokens=args.max_new_tokens, temperature=args.temperature)
 
 
 def _print_stream(events) -> None:

@@ -5,6 +5,7 @@ Command-line flags override these through ``dataclasses.replace``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,6 +58,10 @@ class Settings:
         for name in ("max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens", "ratings_per_item"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}.")
+
+    def override(self, **values) -> Settings:
+        """These settings with the given values (command-line flags) in place; ``None`` means "not given"."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
