@@ -137,7 +137,7 @@ def write_section(text: str, section: str = SECTION) -> None:
     if section in current:
         start = current.index(section)
         end = current.find("\n## ", start + len(section))
-        current = current[:start] + text + (current[end + 1:] if end != -1 else "")
+        current = current[:start] + text.rstrip("\n") + "\n" + (current[end:] if end != -1 else "")
     else:
         current = current.rstrip("\n") + "\n\n" + text
     path.write_text(current, encoding="utf-8")
