@@ -112,7 +112,6 @@ def test_annotator_cannot_use_admin_handlers(studio):
 def test_admin_resolves_and_exports(studio, chart, tmp_path):
     url, db = studio
     root = login(url, "root")
-    ada, ann = login(url, "ada"), login(url, "ann")
     ask(root, chart, "Which quarter is highest?")
     store = Store(db, upgrade=False)
     target = max(i.ask.id for i in store.consensus_items(Actor.system()))
@@ -132,4 +131,3 @@ def test_admin_resolves_and_exports(studio, chart, tmp_path):
     bad, none = root.predict("grpo", "yesterday", api_name="/export")
     assert "not a date" in bad and none is None
     store.close()
-    del ada, ann
