@@ -411,7 +411,7 @@ class _DpoBuilder(_Builder):
             self.skipped[reason] += 1
             return
         final = item.ask.turns[-1]
-        chosen = f"<think>{final['think']}</think><answer>{self._corrected(item)}</answer>"
+        chosen = protocol.answer_turn_text(final["think"], self._corrected(item))
         if protocol.parse_turn(chosen).kind != "answer":
             self.skipped["reference_breaks_format"] += 1
             return

@@ -440,6 +440,11 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def answer_turn_text(think: str, answer: str) -> str:
+    """A direct-answer model turn in the trained format (without its end-of-turn token)."""
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
 def tool_call_text() -> str:
     """The canonical well-formed call, as the model is expected to write it."""
     return '<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'

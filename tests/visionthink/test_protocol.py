@@ -484,3 +484,8 @@ def test_judge_prompts_equal_the_released_code():
     assert protocol.JUDGE_USER_TEMPLATE.endswith('The format should be "Score: 0 or 1"')
     filled = protocol.JUDGE_USER_TEMPLATE.format(question="Q", ground_truth="G", prediction="P")
     assert "**Question Related to the Image**: Q\n2. **Ground Truth Answer**: G\n3. **Model Predicted Answer**: P\n" in filled
+
+
+def test_answer_turn_text_is_a_valid_answer_turn():
+    turn = parse_turn(protocol.answer_turn_text("Read the label.", "\\boxed{44.6}"))
+    assert (turn.kind, turn.think, turn.answer, turn.boxed) == ("answer", "Read the label.", "\\boxed{44.6}", "44.6")
