@@ -38,6 +38,7 @@ from visionthink import protocol
 from visionthink.engine import TurnRecord
 from visionthink.engine import replay as replay_episode
 from visionthink.images import downsample, full_resolution
+from visionthink.rows import FEATURES as GRPO_FEATURES
 
 FORMATS = ("grpo", "kto", "dpo", "jsonl")
 DATA_SOURCE = "visionthink_studio"
@@ -60,15 +61,6 @@ SKIP_REASONS = {
 }
 
 _IMAGES = datasets.List(datasets.Image())
-GRPO_FEATURES = datasets.Features({
-    "problem": datasets.Value("string"),
-    "images": _IMAGES,
-    "original_answer": datasets.Value("string"),
-    "solution": datasets.Value("string"),
-    "needs_high_res": datasets.Value("bool"),
-    "data_source": datasets.Value("string"),
-    "doc_id": datasets.Value("string"),
-})
 _MESSAGES = datasets.List({
     "role": datasets.Value("string"),
     "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")}),

@@ -8,7 +8,8 @@ A training row has:
   ``<image>`` stands);
 - ``images``: the 1/4-resolution view, ``downsample(original)``, which the model sees first;
 - ``full_image``: the original (``full_resolution``), which the ``resize_image`` tool returns;
-- ``problem``, ``original_answer``, ``solution``, ``needs_high_res``, ``data_source`` for the rewards.
+- ``problem``, ``original_answer``, ``solution``, ``needs_high_res``, ``data_source`` for the rewards, and ``kind``
+  (the kind of question, where the source has one, e.g. the miniature's; empty otherwise) for per-kind metrics.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ FEATURES = datasets.Features({
     "solution": datasets.Value("string"),
     "needs_high_res": datasets.Value("bool"),
     "data_source": datasets.Value("string"),
+    "kind": datasets.Value("string"),
 })
 
 
@@ -98,6 +100,7 @@ def to_training_row(row: dict) -> dict | None:
         "solution": str(row.get("solution") or reference),
         "needs_high_res": row.get("needs_high_res"),
         "data_source": str(row.get("data_source") or "unknown"),
+        "kind": str(row.get("kind") or ""),
     }
 
 
