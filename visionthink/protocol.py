@@ -448,3 +448,24 @@ def answer_turn_text(think: str, answer: str) -> str:
 def tool_call_text() -> str:
     """The canonical well-formed call, as the model is expected to write it."""
     return '<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'
+
+
+def tool_call_turn_text(think: str) -> str:
+    """A model turn that asks for the full image in the trained format (without its end-of-turn token)."""
+    return f"<think>{think}</think>\n{tool_call_text()}"
+
+
+def fixed_texts() -> tuple[str, ...]:
+    """Every text the protocol fixes, cut where the variable parts go (the question, an image, an error message,
+    the model's own words): the system prompt, the user message before the question, the tool-response turn's
+    text before and after the image, the error turn's text before and after the message, and the think and
+    answer tags. A tokenizer that keeps each of these one token keeps every turn boundary a token boundary."""
+    before_error, after_error = ERROR_RESPONSE_TEMPLATE.split("{error}")
+    return (
+        SYSTEM_PROMPT,
+        USER_TEMPLATE.split("{Question}")[0],
+        *tool_response_parts(),
+        before_error,
+        after_error + ERROR_FOLLOWUP,
+        *(f"<{close}{tag}>" for tag in ("think", "answer") for close in ("", "/")),
+    )

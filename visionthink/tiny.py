@@ -1,10 +1,11 @@
-"""A tiny, randomly initialised Qwen2.5-VL built fully offline: the test and demo stand-in for the real checkpoint.
+"""A tiny, randomly initialised Qwen2.5-VL built fully offline: the tests' stand-in for a real checkpoint.
 
 It has the real model's *interfaces* — a byte-level BPE tokenizer with Qwen2.5's special tokens in Qwen's order,
 ``<tool_call>``/``</tool_call>`` as non-special added tokens, the stock Qwen2.5-VL chat template, the checkpoint's
 image-processor limits and a v5 nested Qwen2.5-VL config — at a size that builds in seconds and runs on a CPU.
-Its answers are noise. The folder is laid out like the Hub repository, so it loads through the same
-``from_pretrained`` path as the real model (see :mod:`visionthink.hf`).
+Its answers are noise (the app's offline default is the trained miniature, ``visionthink.miniature``). The folder
+is laid out like the Hub repository, so it loads through the same ``from_pretrained`` path as the real model (see
+:mod:`visionthink.hf`). Its builders (tokenizer, config, folder layout) also build the miniature.
 
     python -m visionthink.tiny --out DIR [--seed N] [--max-pixels N]
 """
@@ -12,13 +13,10 @@ Its answers are noise. The folder is laid out like the Hub repository, so it loa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -42,7 +40,6 @@ REQUIRED_FILES = (
     "chat_template.json",
     "preprocessor_config.json",
 )
-DEFAULT_DIR_ENV = "VISIONTHINK_TINY_DIR"
 
 #: Size of the trained byte-level BPE vocabulary (the 256 byte symbols included); added tokens follow it.
 BPE_VOCAB_SIZE = 2000
@@ -119,7 +116,7 @@ def _tokenizer_corpus() -> list[str]:
     return corpus
 
 
-def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_bpe(corpus: list[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a byte-level BPE with Qwen2's exact pre-tokenizer; returns (vocab, merges as tuples)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -132,17 +129,17 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
         ]
     )
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
+        vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     state = json.loads(tokenizer.to_str())["model"]
     vocab = dict(state["vocab"])
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    if len(vocab) != BPE_VOCAB_SIZE:
-        raise RuntimeError(f"The tiny BPE has {len(vocab)} tokens, expected {BPE_VOCAB_SIZE}; the corpus is too small.")
+    if len(vocab) != vocab_size:
+        raise RuntimeError(f"The BPE has {len(vocab)} tokens, expected {vocab_size}; the corpus is too small.")
     return vocab, merges
 
 
@@ -151,11 +148,14 @@ def stock_chat_template() -> str:
     return resources.files("trl").joinpath("chat_templates/qwen2_5_vl.jinja").read_text(encoding="utf-8")
 
 
-def _build_tokenizer():
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCAB_SIZE, phrases: tuple[str, ...] = ()):
+    """A Qwen2 tokenizer with a BPE trained on ``corpus`` (default: the tiny model's), Qwen2.5's special tokens in
+    Qwen's order, the tool tags as ordinary added tokens, then ``phrases`` as ordinary added tokens too (each one
+    token wherever it appears, so a fixed text of the protocol costs one position)."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = _train_bpe()
+    vocab, merges = _train_bpe(_tokenizer_corpus() if corpus is None else corpus, vocab_size)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -169,12 +169,14 @@ def _build_tokenizer():
         {"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in QWEN_EXTRA_SPECIAL_TOKENS]}
     )
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_TOOL_TOKENS])
+    if phrases:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in phrases])
     tokenizer.eos_token = protocol.IM_END
     tokenizer.chat_template = stock_chat_template()
     return tokenizer
 
 
-def _build_image_processor(max_pixels: int):
+def build_image_processor(max_pixels: int):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     return Qwen2VLImageProcessorPil(
@@ -187,7 +189,8 @@ def _build_image_processor(max_pixels: int):
     )
 
 
-def _build_config(tokenizer):
+def build_config(tokenizer, text: dict | None = None, vision: dict | None = None):
+    """A v5 nested Qwen2.5-VL config with the tokenizer's ids; ``text`` and ``vision`` override the tiny sizes."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (*QWEN_EXTRA_SPECIAL_TOKENS, protocol.END_OF_TEXT)}
@@ -206,6 +209,7 @@ def _build_config(tokenizer):
         "eos_token_id": ids[protocol.IM_END],
         "pad_token_id": ids[protocol.END_OF_TEXT],
         "tie_word_embeddings": True,
+        **(text or {}),
     }
     vision_config = {
         "depth": 2,
@@ -219,6 +223,7 @@ def _build_config(tokenizer):
         "window_size": 112,
         "fullatt_block_indexes": [1],
         "tokens_per_second": 2,
+        **(vision or {}),
     }
     return Qwen2_5_VLConfig(
         text_config=text_config,
@@ -237,16 +242,12 @@ def _update_json(path: Path, **fields) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _build_into(folder: Path, *, name_or_path: Path, seed: int, max_pixels: int) -> None:
-    """Write a complete tiny model into ``folder`` (which exists and is empty); its config names ``name_or_path``."""
+def new_model(config, tokenizer, seed: int):
+    """A randomly initialised model for ``config`` (seeded; the caller's RNG state is left alone), in eval mode,
+    with a generation config that stops at either end-of-turn token."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = _build_tokenizer()
-    image_processor = _build_image_processor(max_pixels)
-    config = _build_config(tokenizer)
-
-    # Seed every generator the initialisation may touch; fork so the caller's RNG state is left alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -255,7 +256,12 @@ def _build_into(folder: Path, *, name_or_path: Path, seed: int, max_pixels: int)
     model.generation_config = GenerationConfig(
         bos_token_id=end_of_text, eos_token_id=[im_end, end_of_text], pad_token_id=end_of_text
     )
+    return model
 
+
+def write_folder(folder: Path, model, tokenizer, image_processor, *, name_or_path: Path | str) -> None:
+    """Save model, tokenizer and image processor into ``folder`` in the Hub layout, with the stock chat template;
+    the config names ``name_or_path`` (trainers re-load the policy from it)."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
@@ -274,7 +280,15 @@ def _build_into(folder: Path, *, name_or_path: Path, seed: int, max_pixels: int)
     _update_json(folder / "config.json", _name_or_path=str(name_or_path))
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        raise RuntimeError(f"The tiny model build in {folder} did not write {', '.join(missing)}.")
+        raise RuntimeError(f"The model build in {folder} did not write {', '.join(missing)}.")
+
+
+def _build_into(folder: Path, *, name_or_path: Path, seed: int, max_pixels: int) -> None:
+    """Write a complete tiny model into ``folder`` (which exists and is empty); its config names ``name_or_path``."""
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    write_folder(folder, new_model(config, tokenizer, seed), tokenizer, build_image_processor(max_pixels),
+                 name_or_path=name_or_path)
     (folder / STAMP_FILE).write_text(
         json.dumps(
             {"name": TINY_MODEL_NAME, "build_version": BUILD_VERSION, "seed": seed, "max_pixels": int(max_pixels)},
@@ -299,14 +313,6 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, max_pixels: i
     return out
 
 
-def default_tiny_dir() -> Path:
-    """Where ``ensure_tiny_model`` keeps its build: ``$VISIONTHINK_TINY_DIR`` or ~/.cache/visionthink/..."""
-    env = os.environ.get(DEFAULT_DIR_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path.home() / ".cache" / "visionthink" / "tiny-qwen2.5-vl").resolve()
-
-
 def is_complete(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds a finished build of the current recipe."""
     folder = Path(folder)
@@ -317,60 +323,6 @@ def is_complete(folder: str | os.PathLike) -> bool:
     if not isinstance(stamp, dict) or stamp.get("build_version") != BUILD_VERSION:
         return False
     return all((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in REQUIRED_FILES)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive advisory lock on ``path`` (POSIX); a no-op where fcntl is unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def ensure_tiny_model(out_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny model's folder, built (seed 0, real pixel limits) only when it is missing or incomplete.
-
-    The build goes into a temporary folder beside the target and is renamed into place, under a lock file, so
-    concurrent callers and interrupted builds never expose a half-written model.
-    """
-    target = Path(out_dir).expanduser().resolve() if out_dir is not None else default_tiny_dir()
-    if is_complete(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{target.name}.lock"):
-        if is_complete(target):  # another process finished it while we waited
-            return target
-        # Builders hold the lock, so leftovers are from builds that were killed: remove them.
-        for leftover in [*target.parent.glob(f".{target.name}.build-*"), *target.parent.glob(f".{target.name}.stale-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the finished folder gets normal permissions
-        try:
-            _build_into(tmp, name_or_path=target, seed=0, max_pixels=images.MAX_PIXELS)
-            if target.exists() or target.is_symlink():
-                # An incomplete or outdated build: move it aside first, so the rename below is atomic.
-                stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=target.parent))
-                os.replace(target, stale / "old")
-                shutil.rmtree(stale, ignore_errors=True)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:
