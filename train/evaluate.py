@@ -57,6 +57,10 @@ DEFINITIONS = {
     "retained_ratio": "sum of visual tokens used / sum of visual tokens of one full-resolution pass, over the "
                       "episodes without engine errors",
     "latency": "Answer.latency_s: the engine's time per episode, judging excluded; p50/p90 interpolate linearly",
+    "well_formed_ratio": "episodes in the trained format (a direct answer, or one valid resize_image call, the full "
+                         "image, then an answer) / episodes without engine errors",
+    "by_kind": "the same aggregates per kind of question: the data's kind column (the miniature's), else its "
+               "needs_high_res label (needs_full_image / low_res_enough, the annotators' decision in store exports)",
     "comparisons": "each mode against high over the items both answered without engine errors (accuracy over the "
                    "items judged in both): accuracy difference in points, accuracy relative to high, visual "
                    "tokens relative to high, mean latency relative to high",
@@ -81,6 +85,7 @@ class EvalItem:
     reference: str  # ``original_answer``, else ``solution``: what the LLM judge was prompted with (spec §5.1)
     solution: str | None = None  # the rule-based ground truth, often a bare value
     data_source: str | None = None
+    kind: str | None = None  # the kind of question, where the data says (the miniature's colour, shape, pattern)
 
     def reference_for(self, judge) -> str:
         """The rule judge compares bare values best (``solution``); an LLM judge reads ``original_answer``."""
@@ -95,10 +100,11 @@ class EvalItems(Sequence[EvalItem]):
     """The usable rows of a dataset as ``EvalItem``s. Images stay in the (memory-mapped) dataset until an item is
     read; ``ids`` are known without reading any image."""
 
-    def __init__(self, dataset, rows: list[tuple[int, str, str, str, str | None, str | None]], image_column: str,
+    def __init__(self, dataset, rows: list[tuple[int, str, str, str, str | None, str | None, str | None]],
+                 image_column: str,
                  *, source: str, split: str, limit: int | None, skipped: Counter) -> None:
         self._table = dataset.with_format("arrow")
-        self._rows = rows  # (dataset index, id, question, reference, solution, data source)
+        self._rows = rows  # (dataset index, id, question, reference, solution, data source, kind)
         self._image_column = image_column
         self.source = source
         self.split = split
@@ -116,9 +122,9 @@ class EvalItems(Sequence[EvalItem]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        position, item_id, question, reference, solution, data_source = self._rows[index]
+        position, item_id, question, reference, solution, data_source, kind = self._rows[index]
         value = self._table[position].column(self._image_column).to_pylist()[0]
-        return EvalItem(item_id, _image_source(value), question, reference, solution, data_source)
+        return EvalItem(item_id, _image_source(value), question, reference, solution, data_source, kind)
 
     def describe(self) -> dict:
         return {"source": self.source, "split": self.split, "limit": self.limit, "items": len(self),
@@ -158,7 +164,7 @@ def load_items(source: str | os.PathLike, split: str = "train", limit: int | Non
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
 
-    rows: list[tuple[int, str, str, str, str | None, str | None]] = []
+    rows: list[tuple[int, str, str, str, str | None, str | None, str | None]] = []
     seen: set[str] = set()
     skipped: Counter = Counter()
     position = 0
@@ -192,13 +198,22 @@ def load_items(source: str | os.PathLike, split: str = "train", limit: int | Non
             seen.add(item_id)
             data_source = record.get("data_source")
             rows.append((index, item_id, question, original or solution, solution,
-                         str(data_source) if data_source is not None else None))
+                         str(data_source) if data_source is not None else None, _kind(record)))
     if skipped:
         log.warning("Skipped %d rows of %s: %s.", sum(skipped.values()), text,
                     ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.items()))
     if not rows:
         raise EvalError(f"{text} holds no usable rows (each needs one image, a problem and a reference answer).")
     return EvalItems(dataset, rows, image_column, source=text, split=split, limit=limit, skipped=skipped)
+
+
+#: The group of a row without a ``kind`` column, from its ``needs_high_res`` label (store exports carry the
+#: annotators' decision there).
+NEEDS_HIGH_RES_GROUPS = {True: "needs_full_image", False: "low_res_enough"}
+
+
+def _kind(record: dict) -> str | None:
+    return _text(record.get("kind")) or NEEDS_HIGH_RES_GROUPS.get(record.get("needs_high_res"))
 
 
 def _text(value) -> str | None:
@@ -243,6 +258,7 @@ class Result:
     reference: str
     solution: str | None = None
     data_source: str | None = None
+    kind: str | None = None
     answer: str | None = None
     verdict: int | None = None  # 1 right, 0 wrong, None: not judged (judge failure or engine error)
     judge: str | None = None
@@ -269,6 +285,13 @@ class Result:
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def well_formed(self) -> bool:
+        """The trained format: a direct answer, or one valid call, the full image, then an answer."""
+        if self.failed or self.stop_reason != "answer":
+            return False
+        return self.turn_kinds == ["answer"] or (self.turn_kinds == ["tool_call", "answer"] and bool(self.requested_high_res))
+
 
 def run_settings(engine: Engine) -> dict:
     """What must match for a stored result to count in this run, besides the model id."""
@@ -288,7 +311,8 @@ _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ImageError, ValueError)
 def ask(engine: Engine, item: EvalItem, mode: str, settings: dict) -> Result:
     """Run one episode; an engine error becomes a failed ``Result`` with the message (not judged)."""
     result = Result(item=item.id, mode=mode, model=engine.model_id, settings=settings, question=item.question,
-                    reference=item.reference, solution=item.solution, data_source=item.data_source)
+                    reference=item.reference, solution=item.solution, data_source=item.data_source,
+                    kind=item.kind)
     try:
         answer = engine.ask(item.image, item.question, mode)
     except Exception as exc:  # any engine failure (a refused image, a server error) is recorded, not fatal
@@ -428,6 +452,8 @@ class ModeSummary:
     high_res_ratio: float | None
     tool_call_episodes: int
     tool_call_ratio: float | None
+    well_formed: int
+    well_formed_ratio: float | None
     tokens_used_total: int
     tokens_full_res_total: int
     mean_tokens_used: float | None
@@ -482,6 +508,8 @@ def summarise_mode(mode: str, results: list[Result]) -> ModeSummary:
         high_res_ratio=_ratio(high_res, len(done)) if high_res is not None else None,
         tool_call_episodes=tool_calls,
         tool_call_ratio=_ratio(tool_calls, len(done)),
+        well_formed=sum(r.well_formed for r in done),
+        well_formed_ratio=_ratio(sum(r.well_formed for r in done), len(done)),
         tokens_used_total=sum(used),
         tokens_full_res_total=sum(full),
         mean_tokens_used=_mean(used),
@@ -552,6 +580,7 @@ class Report:
     data: dict
     modes: dict[str, ModeSummary]
     comparisons: dict[str, Comparison]
+    by_kind: dict[str, dict[str, ModeSummary]]
     settings: dict
     judge_stats: dict | None
     run: dict  # what this invocation did: episodes run, reused from the results file, re-judged
@@ -580,6 +609,8 @@ class Report:
             "items": self.data.get("items"),
             "settings": self.settings,
             "modes": {mode: dataclasses.asdict(summary) for mode, summary in self.modes.items()},
+            "by_kind": {kind: {mode: dataclasses.asdict(summary) for mode, summary in summaries.items()}
+                        for kind, summaries in self.by_kind.items()},
             "comparisons": {f"{c.mode}_vs_{c.baseline}": dataclasses.asdict(c) for c in self.comparisons.values()},
             "judge_stats": self.judge_stats,
             "run": self.run,
@@ -611,6 +642,22 @@ class Report:
             lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths, strict=True))).rstrip())
         lines.append("")
+        if self.by_kind:
+            lines.append("By kind of question:")
+            kind_rows = [("kind", "mode", "items", "accuracy", "high-res", "format", "tokens used")]
+            for kind, summaries in self.by_kind.items():
+                for s in summaries.values():
+                    kind_rows.append((
+                        kind, s.mode, str(s.items),
+                        f"{_pct(s.accuracy)} ({s.correct}/{s.judged})" if s.judged else "—",
+                        _pct(s.high_res_ratio) if s.high_res_ratio is not None else "—",
+                        _pct(s.well_formed_ratio), _num(s.mean_tokens_used),
+                    ))
+            kind_widths = [max(len(row[i]) for row in kind_rows) for i in range(len(kind_rows[0]))]
+            for row in kind_rows:
+                lines.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
+                                       enumerate(zip(row, kind_widths, strict=True))).rstrip())
+            lines.append("")
         for c in self.comparisons.values():
             if not c.paired_items:
                 lines.append(f"{c.mode} vs {c.baseline}: no item answered in both modes.")
@@ -628,6 +675,7 @@ class Report:
             "accuracy = correct / judged (engine errors and unjudged answers left out; no answer counts as wrong).",
             "high-res = auto episodes that asked for the full image; — where it does not apply "
             "(low never gets it, high starts with it).",
+            "format = episodes in the trained format (a direct answer, or one call, the full image, an answer).",
             "tokens: mean visual tokens per episode; retained = total used / total for one full-resolution pass.",
             "latency: mean, p50 and p90 seconds per episode (engine time, judging excluded).",
         ]
@@ -810,6 +858,9 @@ def evaluate(
     summaries = {mode: summarise_mode(mode, list(by_mode[mode].values())) for mode in modes}
     comparisons = {mode: compare(mode, by_mode[mode], by_mode[BASELINE_MODE])
                    for mode in modes if mode != BASELINE_MODE and BASELINE_MODE in modes}
+    kinds = sorted({r.kind for results in by_mode.values() for r in results.values() if r.kind})
+    by_kind = {kind: {mode: summarise_mode(mode, [r for r in by_mode[mode].values() if r.kind == kind])
+                      for mode in modes} for kind in kinds}
     stats = getattr(judge, "stats", None)
     description = dict(data or (items.describe() if hasattr(items, "describe") else {}))
     description.setdefault("items", len(ids))
@@ -820,6 +871,7 @@ def evaluate(
         data=description,
         modes=summaries,
         comparisons=comparisons,
+        by_kind=by_kind,
         settings={**settings, "modes": list(modes)},
         judge_stats=stats.as_dict() if hasattr(stats, "as_dict") else None,
         run={"episodes_run": counts["run"], "episodes_failed": counts["failed"], "reused": counts["reused"],
@@ -865,8 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
     parser.add_argument("--retry-failed", action="store_true", help="Run again the episodes that failed last time.")
     parser.add_argument("--allow-fallback", action="store_true",
-                        help="Evaluate the tiny random model when the model cannot be loaded (its answers are noise; "
-                             "for smoke tests only).")
+                        help="Evaluate the embedded miniature when the model cannot be loaded (it knows only its "
+                             "synthetic task; for smoke tests).")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return parser
 
@@ -916,8 +968,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    refusal = ("An evaluation does not fall back to the tiny random model; pass --allow-fallback to evaluate it "
-               "anyway (its answers are meaningless).")
+    refusal = ("An evaluation does not fall back to the embedded miniature; pass --allow-fallback to evaluate it "
+               "anyway, or name it with --model.")
     try:
         try:
             engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))

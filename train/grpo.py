@@ -29,7 +29,8 @@ class VisionThinkArguments:
                 "endpoint, VISIONTHINK_JUDGE_* variables), or env (VISIONTHINK_JUDGE decides)."})
     format_weight: float = field(default=0.5, metadata={"help": "Reward for a well-formed episode."})
     penalty_mode: str = field(default="paper", metadata={
-        "help": "paper (Eq. 5), released (the released code's variant) or none."})
+        "help": "paper (Eq. 5), released (the released code's variant), always (every high-resolution answer "
+                "loses penalty_value, the paper's Fig. 3a ablation) or none."})
     penalty_theta: float = field(default=0.2, metadata={"help": "θ of Eq. 5."})
     penalty_value: float = field(default=0.1, metadata={"help": "What a penalised answer loses."})
     penalty_scope: str = field(default="correct", metadata={
@@ -40,6 +41,9 @@ class VisionThinkArguments:
                 "image's visual tokens; it is raised to that when smaller."})
     image_max_pixels: int | None = field(default=None, metadata={
         "help": "Lower the image processor's max_pixels (fewer visual tokens, less memory)."})
+    freeze_vision_tower: bool = field(default=False, metadata={
+        "help": "Train the language model only. A small vision tower loses the fine detail its features carry at "
+                "a language model's learning rate (the miniature freezes it; the paper trains everything)."})
     merge_lora: bool = field(default=True, metadata={
         "help": "With use_peft, save the LoRA merged into a full checkpoint the app loads directly."})
     log_completions_jsonl: bool = field(default=True, metadata={
@@ -79,9 +83,11 @@ def check_setup(vt: VisionThinkArguments, training, num_processes: int) -> None:
                 + ". Use use_vllm=true with vllm_mode=colocate and vllm_tensor_parallel_size=1, or transformers "
                   "generation with DDP or DeepSpeed ZeRO-1/2."
             )
-    if vt.penalty_mode not in ("paper", "released", "none") or vt.penalty_scope not in ("correct", "all"):
-        raise SetupError(f"penalty_mode must be paper, released or none and penalty_scope correct or all, not "
-                         f"{vt.penalty_mode!r} / {vt.penalty_scope!r}.")
+    from train.rewards import PENALTY_MODES
+
+    if vt.penalty_mode not in PENALTY_MODES or vt.penalty_scope not in ("correct", "all"):
+        raise SetupError(f"penalty_mode must be one of {', '.join(PENALTY_MODES)} and penalty_scope correct or all, "
+                         f"not {vt.penalty_mode!r} / {vt.penalty_scope!r}.")
 
 
 def _zero_stage(training) -> int | None:
@@ -204,8 +210,15 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
         training.num_generations,
         completions_log=Path(training.output_dir) / "completions.jsonl" if vt.log_completions_jsonl else None,
     )
+    policy = model if model is not None else load_policy(model_args, training)
+    if vt.freeze_vision_tower:
+        frozen = [p for name, p in policy.named_parameters() if ".visual." in f".{name}"]
+        if not frozen:
+            raise SetupError("freeze_vision_tower is set but the model has no vision tower (no '.visual.' parameters).")
+        for parameter in frozen:
+            parameter.requires_grad_(False)
     trainer = trainer_class()(
-        model=model if model is not None else load_policy(model_args, training),
+        model=policy,
         reward_funcs=rewards.functions,
         args=training,
         train_dataset=dataset,

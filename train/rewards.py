@@ -11,6 +11,8 @@
   0.1 (Eq. 5, θ = 0.2). ``scope="all"`` penalises every rollout of the penalised action, as Eq. 5 reads literally.
   A group with no correct answer has no penalty. ``mode="released"`` reproduces the released code instead: every
   correct answer after a tool call loses 0.1, and correct direct answers lose 0.1 when 0 < r < θ.
+  ``mode="always"`` penalises every high-resolution answer whatever r is (the paper's Fig. 3a ablation), and
+  ``mode="none"`` never penalises.
 
 When the judge fails for a completion, all three return ``None`` for it, so TRL leaves it out of the group baseline
 and gives it no advantage (a failed judgement is never a silent 0 or 1).
@@ -29,7 +31,8 @@ from train.episodes import Episode, read_episode
 
 log = logging.getLogger(__name__)
 
-PenaltyMode = Literal["paper", "released", "none"]
+PenaltyMode = Literal["paper", "released", "always", "none"]
+PENALTY_MODES = ("paper", "released", "always", "none")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class RewardSettings:
     penalty_scope: Literal["correct", "all"] = "correct"
 
     def __post_init__(self) -> None:
-        if self.penalty_mode not in ("paper", "released", "none"):
-            raise ValueError(f"penalty_mode must be paper, released or none, not {self.penalty_mode!r}.")
+        if self.penalty_mode not in PENALTY_MODES:
+            raise ValueError(f"penalty_mode must be one of {', '.join(PENALTY_MODES)}, not {self.penalty_mode!r}.")
         if self.penalty_scope not in ("correct", "all"):
             raise ValueError(f"penalty_scope must be correct or all, not {self.penalty_scope!r}.")
         if not 0 <= self.penalty_theta <= 1:
@@ -58,6 +61,9 @@ def group_penalties(correct: Sequence[bool | None], high_res: Sequence[bool], se
     n = len(correct)
     if settings.penalty_mode == "none":
         return [None if c is None else 0.0 for c in correct]
+    if settings.penalty_mode == "always":
+        return [None if c is None else -settings.penalty_value if h and (c or settings.penalty_scope == "all") else 0.0
+                for c, h in zip(correct, high_res, strict=True)]
     known = [(bool(c), h) for c, h in zip(correct, high_res, strict=True) if c is not None]
     c_direct = sum(1 for c, h in known if c and not h)
     c_high = sum(1 for c, h in known if c and h)
@@ -156,19 +162,30 @@ class VisionThinkRewards:
         if failures:
             log.warning("The judge failed on %d of %d completions; they get no reward this step.", failures,
                         len(scored.correct))
+        kinds = [str(k) for k in kwargs.get("kind") or [""] * len(scored.episodes)]
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             n = len(scored.episodes)
             log_metric("visionthink/high_res_ratio", sum(e.requested_high_res for e in scored.episodes) / n)
             log_metric("visionthink/well_formed", sum(e.well_formed for e in scored.episodes) / n)
             log_metric("visionthink/judge_failures", float(failures))
+            # Per kind of question, where the data says (the miniature's colour, shape, pattern).
+            for kind in sorted(set(kinds) - {""}):
+                rows = [i for i, k in enumerate(kinds) if k == kind]
+                log_metric(f"visionthink/high_res_ratio/{kind}",
+                           sum(scored.episodes[i].requested_high_res for i in rows) / len(rows))
+                judged = [scored.correct[i] for i in rows if scored.correct[i] is not None]
+                if judged:
+                    log_metric(f"visionthink/accuracy/{kind}", sum(judged) / len(judged))
         state = kwargs.get("trainer_state")
         if self.completions_log is not None and (state is None or state.is_world_process_zero):
             self.completions_log.parent.mkdir(parents=True, exist_ok=True)
             with self.completions_log.open("a", encoding="utf-8") as out:
-                for question, episode, correct in zip(questions, scored.episodes, scored.correct, strict=True):
+                for question, kind, episode, correct in zip(questions, kinds, scored.episodes, scored.correct,
+                                                            strict=True):
                     out.write(json.dumps({
                         "step": state.global_step if state is not None else None, "question": question,
+                        "kind": kind or None,
                         "turns": [t.text for t in episode.turns], "injected": episode.injected,
                         "requested_high_res": episode.requested_high_res, "well_formed": episode.well_formed,
                         "correct": correct,

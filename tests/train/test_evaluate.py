@@ -305,14 +305,13 @@ def test_cli_end_to_end_with_the_model_loaded_from_its_folder(tiny_model_dir, da
         assert plot.format == "PNG"
 
 
-def test_cli_refuses_to_evaluate_the_tiny_stand_in(dataset_dir, tmp_path):
+def test_cli_refuses_to_evaluate_the_fallback(dataset_dir, tmp_path):
     out = tmp_path / "out"
-    result = cli("--data", str(dataset_dir), "--out", str(out),
-                 env={"HF_HOME": str(tmp_path / "hf"), "VISIONTHINK_TINY_DIR": str(tmp_path / "tiny")})
+    result = cli("--data", str(dataset_dir), "--out", str(out), env={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 1
     assert "Could not load Senqiao/VisionThink-Efficient" in result.stderr and "--allow-fallback" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not out.exists() and not (tmp_path / "tiny").exists()
+    assert not out.exists()
 
 
 def test_an_engine_with_a_fallback_notice_is_refused_unless_allowed(tiny_backend, dataset_dir, tmp_path, monkeypatch,

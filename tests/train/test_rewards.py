@@ -164,3 +164,30 @@ def test_the_batch_is_judged_once_for_all_three_functions(processor):
     rewards = VisionThinkRewards(processor.tokenizer, Counting(), PAPER, num_generations=2)
     call(rewards, [completion(processor, ANSWER_TURN)] * 2, ["44.6"] * 2)
     assert Counting.calls == 1
+
+
+def test_always_penalises_every_high_resolution_answer_whatever_r_is():
+    always = RewardSettings(penalty_mode="always")
+    # r = 1/6 < θ: Eq. 5 would favour resizing; "always" still penalises it (the paper's Fig. 3a ablation).
+    correct, high = [True] * 6 + [False, False], [False] + [True] * 5 + [False, True]
+    assert totals(correct, high, always) == [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0]
+    assert totals(correct, high, RewardSettings(penalty_mode="always", penalty_scope="all"))[-1] == -0.1
+    assert group_penalties([None, True], [True, True], always) == [None, -0.1]
+
+
+def test_metrics_per_kind_and_the_completions_log(processor, tmp_path):
+    log = tmp_path / "completions.jsonl"
+    rewards = VisionThinkRewards(processor.tokenizer, RuleJudge(), PAPER, num_generations=2, completions_log=log)
+    ids = [completion(processor, ANSWER_TURN), completion(processor, TOOL_TURN, ANSWER_TURN, injected=("image",)),
+           completion(processor, "<think>x</think><answer>red</answer>"),
+           completion(processor, "<think>x</think><answer>blue</answer>")]
+    metrics: dict[str, float] = {}
+    kwargs = {"problem": ["<image>\nWhat is the value?"] * 2 + ["<image>\nWhat colour is the shape?"] * 2,
+              "original_answer": ["44.6", "44.6", "red", "red"], "solution": ["44.6", "44.6", "red", "red"],
+              "kind": ["pattern", "pattern", "colour", "colour"], "log_metric": metrics.__setitem__}
+    rewards.accuracy_reward(prompts=None, completions=None, completion_ids=ids, **kwargs)
+    assert metrics["visionthink/high_res_ratio/pattern"] == 0.5 and metrics["visionthink/high_res_ratio/colour"] == 0
+    assert metrics["visionthink/accuracy/pattern"] == 1.0 and metrics["visionthink/accuracy/colour"] == 0.5
+    rows = [__import__("json").loads(line) for line in log.read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["pattern", "pattern", "colour", "colour"]
+    assert [r["requested_high_res"] for r in rows] == [False, True, False, False]
