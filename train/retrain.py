@@ -6,7 +6,9 @@
 2. run GRPO on the rest with the recipe (LoRA on one GPU by default), starting from the model now served;
 3. evaluate the new checkpoint against the current one on the held-out rows (the same judge for both);
 4. register the checkpoint as a model version in the store, so the app can serve it
-   (``VISIONTHINK_MODEL=<checkpoint>``) and the dashboard compares versions.
+   (``VISIONTHINK_MODEL=<checkpoint>``) and the dashboard compares versions. A checkpoint is registered only when
+   it was evaluated on rows it was not trained on and its weights differ from the base's; otherwise the loop
+   says why and stops (exit code 3), leaving the checkpoint and its evaluation on disk.
 
 Anything after ``--`` goes to ``train.grpo`` as command-line overrides of the recipe.
 """
@@ -31,30 +33,81 @@ class RetrainError(RuntimeError):
     """A step of the loop that cannot go on; the message says why and what to do."""
 
 
+def _rank(doc_id: str) -> int:
+    return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def held_out(doc_id: str, fraction: float) -> bool:
-    """Whether a row is kept for evaluation: a stable function of its id, so reruns split the same way."""
-    return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 10_000 < fraction * 10_000
+    """Whether a row is kept for evaluation on its own: a stable function of its id (about ``fraction`` of ids)."""
+    return _rank(doc_id) % 10_000 < fraction * 10_000
 
 
-def split_export(export_path: Path, out: Path, fraction: float) -> tuple[Path, Path, bool]:
-    """Save the training and evaluation rows of an export; the flag says whether the evaluation is held out."""
+def held_out_ids(doc_ids: list[str], fraction: float) -> set[str]:
+    """The rows kept for evaluation: ``round(fraction · n)`` of them, at least one and at most n - 1 when there
+    are two or more, chosen by a hash of the id (reruns on the same rows split the same way; a new row moves at
+    most one other)."""
+    unique = sorted(set(doc_ids))
+    if len(unique) < 2:
+        return set()
+    count = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+    return set(sorted(unique, key=lambda doc_id: (_rank(doc_id), doc_id))[:count])
+
+
+def split_export(export_path: Path, out: Path, fraction: float) -> tuple[Path, Path, int]:
+    """Save the training and evaluation rows of an export; returns their folders and the number held out (0 when
+    the export has too few rows to hold any out: then both folders hold every row)."""
     import datasets
 
     rows = datasets.load_from_disk(str(export_path))
-    mask = [held_out(doc_id, fraction) for doc_id in rows["doc_id"]]
-    train = rows.select([i for i, m in enumerate(mask) if not m])
-    evaluation = rows.select([i for i, m in enumerate(mask) if m])
-    separate = len(evaluation) > 0 and len(train) > 0
-    if not separate:  # too few rows to hold any out: train and evaluate on all, and say so
+    chosen = held_out_ids(list(rows["doc_id"]), fraction)
+    train = rows.select([i for i, doc_id in enumerate(rows["doc_id"]) if doc_id not in chosen])
+    evaluation = rows.select([i for i, doc_id in enumerate(rows["doc_id"]) if doc_id in chosen])
+    if not chosen:
         train = evaluation = rows
     train_path, eval_path = out / "train-data", out / "eval-data"
     train.save_to_disk(str(train_path))
     evaluation.save_to_disk(str(eval_path))
-    return train_path, eval_path, separate
+    return train_path, eval_path, len(evaluation) if chosen else 0
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def weights_changed(base: str, checkpoint: Path) -> bool | None:
+    """Whether any tensor of ``checkpoint`` differs from the base model's; None when the base's weights are not
+    on this machine as safetensors (a Hub id that is not cached, say), so no comparison could be made."""
+    import torch
+    from safetensors import safe_open
+
+    base_folder = Path(base).expanduser()
+    if not base_folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            base_folder = Path(snapshot_download(base, local_files_only=True, allow_patterns=["*.safetensors"]))
+        except Exception:  # not cached, not a Hub id
+            return None
+    base_files, new_files = _weight_files(base_folder), _weight_files(checkpoint)
+    if not base_files or not new_files:
+        return None
+
+    def tensors(files: list[Path]):
+        for path in files:
+            with safe_open(str(path), "pt") as handle:
+                for name in handle.keys():
+                    yield name, handle.get_tensor(name)
+
+    base_tensors = dict(tensors(base_files))
+    for name, tensor in tensors(new_files):
+        old = base_tensors.get(name)
+        if old is None or old.shape != tensor.shape or not torch.equal(old, tensor):
+            return True
+    return False
 
 
 def evaluate_model(model: str, eval_path: Path, out: Path, modes: tuple[str, ...], judge, settings) -> dict:
-    """Evaluate one model on the held-out rows; refuses the tiny stand-in (a fallback is never evaluated)."""
+    """Evaluate one model on the held-out rows; a fallback is never evaluated in its place."""
     from train.evaluate import evaluate, load_items
     from visionthink.loader import ModelLoadError, load_engine
 
@@ -88,9 +141,10 @@ def run(args: argparse.Namespace, grpo_overrides: list[str]) -> int:
                 f"Only {exported.rows} judged answers can be used for training (at least {args.min_rows} are needed, "
                 "--min-rows). Annotate more in the studio, or lower --min-rows."
             )
-        train_path, eval_path, separate = split_export(exported.path, out, args.eval_fraction)
-        log.info("%d rows: training on %s, evaluating on %s.", exported.rows, train_path.name,
-                 eval_path.name if separate else "the same rows (too few to hold any out)")
+        train_path, eval_path, held = split_export(exported.path, out, args.eval_fraction)
+        separate = held > 0
+        log.info("%d rows: training on %d, evaluating on %s.", exported.rows, exported.rows - held,
+                 f"{held} held out" if separate else "the same rows (too few to hold any out)")
 
         log.info("2/4 GRPO from %s with %s …", base, args.recipe)
         checkpoint = out / "checkpoint"
@@ -107,18 +161,44 @@ def run(args: argparse.Namespace, grpo_overrides: list[str]) -> int:
                    for name, model in (("current", str(base)), ("new", str(checkpoint)))}
         comparison = compare_reports(reports, modes)
         (out / "comparison.json").write_text(json.dumps({"base": str(base), "checkpoint": str(checkpoint),
-                                                         "held_out": separate, "modes": comparison}, indent=2))
-        print(comparison_table(comparison, base, checkpoint, separate))
+                                                         "held_out": separate, "held_out_rows": held,
+                                                         "modes": comparison,
+                                                         "by_kind": compare_by_kind(reports, modes)}, indent=2))
+        print(comparison_table(comparison, base, checkpoint, separate, compare_by_kind(reports, modes)))
 
-        log.info("4/4 Registering %s as a model version …", checkpoint)
-        if not args.no_register:
+        refusal = registration_refusal(separate, weights_changed(str(base), checkpoint))
+        if refusal:
+            print(f"\nNot registered: {refusal} The checkpoint and its evaluation stay in {out}.")
+            return EXIT_NOT_REGISTERED
+        if args.no_register:
+            log.info("4/4 Not registering the checkpoint (--no-register).")
+        else:
+            log.info("4/4 Registering %s as a model version …", checkpoint)
             store.register_model_version(Actor.system(), str(checkpoint), "", f"retrain:{stamp}",
                                          notes=json.dumps({"base": str(base), "rows": exported.rows,
-                                                           "comparison": comparison}))
+                                                           "held_out": held, "comparison": comparison}))
         print(f"\nServe it: VISIONTHINK_MODEL={checkpoint} make run")
     finally:
         store.close()
     return 0
+
+
+EXIT_NOT_REGISTERED = 3
+
+
+def registration_refusal(held_out_rows: bool, changed: bool | None) -> str | None:
+    """Why a checkpoint must not become a model version, or None when it may."""
+    if not held_out_rows:
+        return ("it was evaluated only on the rows it was trained on (too few judged answers to hold any out), so "
+                "nothing says it is better. Annotate more answers and run the loop again.")
+    if changed is False:
+        return ("its weights are identical to the base model's: training changed nothing (a zero learning rate, "
+                "or every group's rewards were equal, so no rollout had an advantage). Check the run's log and "
+                "completions.jsonl.")
+    if changed is None:
+        log.warning("The base model's weights are not on this machine as safetensors; could not check that "
+                    "training changed them.")
+    return None
 
 
 def compare_reports(reports: dict[str, dict], modes: tuple[str, ...]) -> dict:
@@ -130,7 +210,20 @@ def compare_reports(reports: dict[str, dict], modes: tuple[str, ...]) -> dict:
     return out
 
 
-def comparison_table(comparison: dict, base, checkpoint, held_out: bool) -> str:
+def compare_by_kind(reports: dict[str, dict], modes: tuple[str, ...]) -> dict:
+    """Request ratio and accuracy per kind of question (the evaluation's groups), current against new."""
+    out: dict = {}
+    for name, report in reports.items():
+        for kind, by_mode in (report.get("by_kind") or {}).items():
+            for mode in modes:
+                row = by_mode.get(mode)
+                if row:
+                    out.setdefault(mode, {}).setdefault(kind, {})[name] = {
+                        key: row.get(key) for key in ("items", "accuracy", "high_res_ratio")}
+    return out
+
+
+def comparison_table(comparison: dict, base, checkpoint, held_out: bool, by_kind: dict | None = None) -> str:
     def pct(value):
         return "—" if value is None else f"{value:.1%}"
 
@@ -141,6 +234,13 @@ def comparison_table(comparison: dict, base, checkpoint, held_out: bool) -> str:
         for name, row in rows.items():
             lines.append(f"{mode:<6} {name:<8} {pct(row['accuracy']):>9} {pct(row['high_res_ratio']):>9} "
                          f"{pct(row['retained_ratio']):>8} {row['judged'] or 0:>7}")
+    for mode, kinds in (by_kind or {}).items():
+        lines += ["", f"By kind of question ({mode}):",
+                  f"{'kind':<16} {'model':<8} {'items':>6} {'accuracy':>9} {'high-res':>9}"]
+        for kind, rows in kinds.items():
+            for name, row in rows.items():
+                lines.append(f"{kind:<16} {name:<8} {row['items'] or 0:>6} {pct(row['accuracy']):>9} "
+                             f"{pct(row['high_res_ratio']):>9}")
     return "\n".join(lines)
 
 
