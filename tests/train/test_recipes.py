@@ -150,3 +150,14 @@ def test_missing_data_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="neither a saved dataset"):
         training_dataset(tmp_path / "notes.txt")
+
+
+def test_the_miniature_recipe_trains_the_shipped_start_on_a_cpu():
+    from visionthink.miniature import model as miniature_model
+
+    vt, training, model = parse("miniature")
+    assert (ROOT / model.model_name_or_path).resolve() == miniature_model.START_DIR
+    assert (vt.judge, vt.penalty_mode, vt.penalty_theta, vt.format_weight) == ("rule", "paper", 0.2, 0.5)
+    assert vt.freeze_vision_tower and training.use_cpu and not training.bf16
+    assert training.num_generations == 8 and training.per_device_train_batch_size == 16
+    check_setup(vt, training, num_processes=1)
