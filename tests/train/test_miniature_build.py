@@ -27,15 +27,19 @@ def test_the_warm_start_transcripts_are_blind_to_the_kind_of_question():
         assert abs(sum(paths[(kind, w, "high")] for w in (True, False)) / total - 0.125) < 0.03
 
 
-def test_sft_batches_start_with_the_pattern_then_mix_every_kind():
+def test_sft_batches_start_with_the_pattern_then_the_shape_then_mix_every_kind():
     recipe = Recipe(batch_size=8)
     batches = sft_batches(task.sample(90, 4, kinds=recipe.train_kinds), recipe, random.Random(1))
     first = batches(0)
     assert all(task.kind_of(e.question) == "pattern" for e in first)
     assert {e.mode for e in first} <= {"auto", "high"}
     assert all(protocol.parse_turn(e.turns[-1]).kind == "answer" for e in first)
-    shape_stage = batches(recipe.pattern_steps)
-    assert all(task.kind_of(e.question) == "shape" for e in shape_stage)
+    shape_stage = [e for step in range(recipe.pattern_steps, recipe.pattern_steps + 20) for e in batches(step)]
+    kinds = Counter(task.kind_of(e.question) for e in shape_stage)
+    assert set(kinds) == {"shape", "pattern"}  # the pattern stage rehearsed
+    assert abs(kinds["pattern"] / len(shape_stage) - recipe.shape_rehearsal) < 0.1
+    # ... with the full image from the start, so that it teaches reading the texture and not a decision.
+    assert all(e.mode == "high" for e in shape_stage if task.kind_of(e.question) == "pattern")
     mixed = recipe.pattern_steps + recipe.shape_steps
     later = [e for step in range(mixed, mixed + 40) for e in batches(step)]
     kinds = Counter(task.kind_of(e.question) for e in later)
