@@ -43,7 +43,8 @@ def status_line(ctx: Context) -> str:
     if status.state == "failed":
         return f"❌ {text(status.message)}"
     engine = ctx.slot.engine
-    warning = " ⚠️ A stand-in model: its answers are meaningless (see the note below)." if engine.notice else ""
+    warning = " ⚠️ A miniature trained on a synthetic task, not a general model (see the note below)." \
+        if engine.notice else ""
     return f"✅ Model: `{text(engine.model_id)}` — ready.{warning}"
 
 

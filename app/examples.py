@@ -1,5 +1,6 @@
-"""Example images the project draws itself (no downloads): one that 1/4 resolution is enough for, and two with
-small print that should make VisionThink ask for the full image.
+"""Example images the project draws itself (no downloads): two from the embedded miniature's task (a question the
+1/4 image answers, and one only the full image answers), then one that 1/4 resolution is enough for and two with
+small print that should make a real VisionThink checkpoint ask for the full image.
 
 Drawing is deterministic, so the files are the same on every machine.
 """
@@ -7,10 +8,13 @@ Drawing is deterministic, so the files are the same on every machine.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from visionthink.miniature import task
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,21 @@ def draw_scene() -> Image.Image:
     return img
 
 
+def draw_coarse_shape() -> Image.Image:
+    """The miniature's task: a question the 1/4 image answers (its colour)."""
+    return task.draw_image("red", "circle", "vertical", random.Random(101))
+
+
+def draw_fine_shape() -> Image.Image:
+    """The miniature's task: a question only the full image answers (its 2-pixel texture)."""
+    return task.draw_image("blue", "triangle", "checkerboard", random.Random(102))
+
+
+#: The embedded miniature's own task first (a coarse question and a fine one, so a visitor sees both decisions),
+#: then pictures for a real checkpoint.
 EXAMPLES = (
+    ("shape-colour", task.QUESTIONS["colour"][0], draw_coarse_shape),
+    ("shape-pattern", task.QUESTIONS["pattern"][0], draw_fine_shape),
     ("chart", "What is the revenue of Beta in Q3?", draw_chart),
     ("receipt", "What is the total on the receipt?", draw_receipt),
     ("scene", "What colour is the house?", draw_scene),

@@ -53,7 +53,7 @@ class ModelVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[str] = mapped_column(String(300))
     revision: Mapped[str] = mapped_column(String(100), default="")
-    source: Mapped[str] = mapped_column(String(100))  # hub | local | server | tiny | retrain:<run>
+    source: Mapped[str] = mapped_column(String(100))  # hub | local | server | miniature | retrain:<run>
     notes: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -939,8 +939,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env().override(
         model=args.model, revision=args.revision, backend=args.backend, base_url=args.base_url, device=args.device,
         max_new_tokens=args.max_new_tokens,
-        # An evaluation of the stand-in would be meaningless: fail instead, unless asked for.
-        fallback="tiny" if args.allow_fallback else "none",
+        # The miniature knows only its synthetic task: evaluating it instead of the model asked for would mislead.
+        fallback="miniature" if args.allow_fallback else "none",
     )
 
 

@@ -237,9 +237,9 @@ class Engine:
         self.settings = settings or GenerationSettings()
         self.max_turns = max_turns
         self.max_image_pixels = max_image_pixels
-        #: A message for people about this engine (e.g. that it fell back to the tiny random model).
+        #: A message for people about this engine (e.g. that it fell back to the embedded miniature).
         self.notice = notice
-        #: Where the model came from (hub, local, server, tiny) and its revision, recorded with stored answers.
+        #: Where the model came from (hub, local, server, miniature) and its revision, recorded with stored answers.
         self.model_source = model_source
         self.model_revision = model_revision
 

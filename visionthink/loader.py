@@ -1,7 +1,7 @@
-"""Build an ``Engine`` from ``Settings``: the chosen checkpoint, or, when it cannot be loaded, the tiny random model.
+"""Build an ``Engine`` from ``Settings``: the chosen checkpoint, or, when it cannot be loaded, the embedded miniature.
 
-The fallback keeps the app and the terminal command usable offline, and says plainly that its answers are
-meaningless.
+The fallback keeps the app and the terminal command usable offline with a model that really decides when to ask
+for the full image, and says plainly that it is a miniature trained on a synthetic task.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+#: What the page and the log say about the embedded miniature, in one line.
+MINIATURE_LINE = ("a miniature VisionThink trained on a synthetic shapes-and-textures task, not a general model: ask "
+                  "about the colour, shape or pattern of the example images.")
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded or reached and no fallback applies; the message is for a person."""
 
 
 def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
-    """Load the model named in ``settings``; fall back to the tiny model when allowed and necessary.
+    """Load the model named in ``settings``; fall back to the embedded miniature when allowed and necessary.
 
     ``progress`` receives one-line status messages for people (loading steps, the fallback notice).
     """
@@ -61,25 +66,27 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
         say(f"Loading {name} (this can take a few minutes for a 7B model) …")
         backend = TransformersBackend.load(name, revision=settings.revision, device=settings.device)
     except (hf.ModelUnavailable, OSError) as exc:
-        if settings.fallback != "tiny":
+        if settings.fallback != "miniature":
             raise ModelLoadError(f"Could not load {name}: {exc}") from exc
-        from visionthink.tiny import TINY_MODEL_NAME, ensure_tiny_model
-
+        folder = Path(settings.fallback_model).expanduser()
         notice = (
-            f"Could not load {name}: {exc} Running the tiny random test model ({TINY_MODEL_NAME}) instead: "
-            "its answers are meaningless. Set VISIONTHINK_MODEL to a downloaded checkpoint, or connect to a "
-            "server with VISIONTHINK_BACKEND=openai, for real answers."
+            f"Could not load {name}: {exc} Running the embedded miniature instead: {MINIATURE_LINE} Set "
+            "VISIONTHINK_MODEL to a downloaded checkpoint, or connect to a server with VISIONTHINK_BACKEND=openai, "
+            "for a general model."
         )
         say(notice)
-        say("Building or loading the tiny model …")
-        folder = ensure_tiny_model(settings.tiny_dir)
-        backend = TransformersBackend.load(str(folder), device=settings.device, model_id=TINY_MODEL_NAME)
+        try:
+            hf.check_available(str(folder))
+            backend = TransformersBackend.load(str(folder), device=settings.device, model_id=folder.name)
+        except (hf.ModelUnavailable, OSError) as fallback_exc:
+            raise ModelLoadError(f"Could not load {name} ({exc}) nor the embedded miniature in {folder} "
+                                 f"({fallback_exc}).") from fallback_exc
         generation = GenerationSettings(
-            max_new_tokens=min(settings.max_new_tokens, settings.tiny_max_new_tokens),
+            max_new_tokens=min(settings.max_new_tokens, settings.fallback_max_new_tokens),
             temperature=settings.temperature,
             top_p=settings.top_p,
         )
-        source = "tiny"
+        source = "miniature"
     say(f"Ready: {backend.model_id}.")
     return _engine(backend, generation, settings, notice=notice, source=source)
 

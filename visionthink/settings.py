@@ -13,6 +13,8 @@ from pathlib import Path
 from visionthink.images import DEFAULT_MAX_IMAGE_PIXELS
 
 DEFAULT_MODEL = "Senqiao/VisionThink-Efficient"
+#: The embedded default: the miniature trained on a synthetic task, shipped in the repository (visionthink/miniature).
+FALLBACK_MODEL = Path(__file__).resolve().parent / "miniature" / "weights" / "visionthink-miniature"
 
 
 def default_db_url() -> str:
@@ -39,9 +41,9 @@ class Settings:
     top_p: float = 1.0
     max_turns: int = 2
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    fallback: str = "tiny"  # tiny | none
-    tiny_dir: Path = Path.home() / ".cache" / "visionthink" / "tiny-qwen2.5-vl"
-    tiny_max_new_tokens: int = 128
+    fallback: str = "miniature"  # miniature | none
+    fallback_model: Path = FALLBACK_MODEL
+    fallback_max_new_tokens: int = 64
     request_timeout_s: float = 600.0
     db_url: str = field(default_factory=default_db_url)
     ratings_per_item: int = 2
@@ -53,9 +55,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in ("transformers", "openai"):
             raise SettingsError(f"VISIONTHINK_BACKEND must be 'transformers' or 'openai', not {self.backend!r}.")
-        if self.fallback not in ("tiny", "none"):
-            raise SettingsError(f"VISIONTHINK_FALLBACK must be 'tiny' or 'none', not {self.fallback!r}.")
-        for name in ("max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens", "ratings_per_item"):
+        if self.fallback not in ("miniature", "none"):
+            raise SettingsError(f"VISIONTHINK_FALLBACK must be 'miniature' or 'none', not {self.fallback!r}.")
+        for name in ("max_new_tokens", "max_turns", "max_image_pixels", "fallback_max_new_tokens", "ratings_per_item"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}.")
 
@@ -90,8 +92,8 @@ ENV_NAMES = {
     "max_turns": "VISIONTHINK_MAX_TURNS",
     "max_image_pixels": "VISIONTHINK_MAX_IMAGE_PIXELS",
     "fallback": "VISIONTHINK_FALLBACK",
-    "tiny_dir": "VISIONTHINK_TINY_DIR",
-    "tiny_max_new_tokens": "VISIONTHINK_TINY_MAX_NEW_TOKENS",
+    "fallback_model": "VISIONTHINK_FALLBACK_MODEL",
+    "fallback_max_new_tokens": "VISIONTHINK_FALLBACK_MAX_NEW_TOKENS",
     "request_timeout_s": "VISIONTHINK_REQUEST_TIMEOUT",
     "db_url": "VISIONTHINK_DB_URL",
     "ratings_per_item": "VISIONTHINK_RATINGS_PER_ITEM",
@@ -101,7 +103,7 @@ ENV_NAMES = {
     "store_enabled": "VISIONTHINK_STORE",
 }
 
-_INTS = {"max_new_tokens", "max_turns", "max_image_pixels", "tiny_max_new_tokens", "ratings_per_item"}
+_INTS = {"max_new_tokens", "max_turns", "max_image_pixels", "fallback_max_new_tokens", "ratings_per_item"}
 _FLOATS = {"temperature", "top_p", "request_timeout_s"}
 _BOOLS = {"anonymous_rating", "store_enabled"}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -120,6 +122,6 @@ def _convert(name: str, raw: str):
         if raw.strip().lower() in _TRUE | _FALSE:
             return raw.strip().lower() in _TRUE
         raise SettingsError(f"{ENV_NAMES[name]} must be 1 or 0 (true or false), not {raw!r}.")
-    if name in ("tiny_dir", "users_file"):
+    if name in ("fallback_model", "users_file"):
         return Path(raw).expanduser()
     return raw

@@ -1,5 +1,5 @@
-"""The demo page with the tiny random model forced down the tool-call path, shared by the gradio_client tests,
-the browser tests and `python -m tests.app.screenshot`.
+"""The demo page served for the tests: with the tiny random model forced down the tool-call path (the gradio_client
+and browser tests), or with any engine (`python -m tests.app.screenshot` serves the embedded miniature).
 """
 
 from __future__ import annotations
@@ -23,13 +23,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_forced_demo(tiny_model_dir: Path, examples: list[Example] | None = None) -> Iterator[str]:
-    """Launch the page on 127.0.0.1 with the tiny model forced to ask for the full image, then answer 44.6.
-
-    Yields the page's URL; the server is closed afterwards.
-    """
+def serve_page(engine, examples: list[Example] | None = None) -> Iterator[str]:
+    """Launch the public page on 127.0.0.1 with ``engine``; yields its URL, and closes the server afterwards."""
     from app.model_slot import ModelSlot
     from app.ui import build_demo, launch_kwargs
+
+    demo = build_demo(ModelSlot.ready(engine), examples)
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **launch_kwargs())
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@contextmanager
+def serve_forced_demo(tiny_model_dir: Path, examples: list[Example] | None = None) -> Iterator[str]:
+    """The page with the tiny model forced to ask for the full image, then answer 44.6."""
     from tests.support.forcing import ANSWER_TURN, TOOL_TURN, forcing_factory
     from visionthink.backends import TransformersBackend
     from visionthink.engine import Engine, GenerationSettings
@@ -40,14 +50,8 @@ def serve_forced_demo(tiny_model_dir: Path, examples: list[Example] | None = Non
         load_model(str(tiny_model_dir), device="cpu"), processor, "tiny-forced",
         logits_processor_factory=forcing_factory(processor.tokenizer, [TOOL_TURN, ANSWER_TURN]),
     )
-    engine = Engine(backend, settings=GenerationSettings(max_new_tokens=96))
-    demo = build_demo(ModelSlot.ready(engine), examples)
-    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                        **launch_kwargs())
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serve_page(Engine(backend, settings=GenerationSettings(max_new_tokens=96)), examples) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
     python -m tests.app.screenshot docs/screenshot.png     (what `make screenshot` runs)
 
-Runs fully offline: the tiny random model is built into a temp dir and forced (tests/support/forcing.py) to call
-`resize_image`, then answer, on the project's own chart example. A `.jpg`/`.jpeg` output is written as JPEG.
+Runs fully offline: the embedded miniature answers the pattern example by itself (nothing is scripted): it asks
+for the full image, then reads the texture. A `.jpg`/`.jpeg` output is written as JPEG.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from app.examples import ensure_examples
-from tests.app.conftest import serve_forced_demo
+from tests.app.conftest import serve_page
 from tests.support.browser import chromium_page
 
 WIDTH = 1400
@@ -60,17 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from visionthink.tiny import build_tiny_model
+    from visionthink.loader import load_engine
+    from visionthink.settings import Settings
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vt-screenshot-") as tmp:
-        tiny = build_tiny_model(Path(tmp) / "tiny", seed=0)
+        # The default checkpoint is not here (offline): the page runs the embedded miniature and says so.
+        engine = load_engine(Settings(device="cpu"))
         examples = ensure_examples(Path(tmp) / "examples")
-        chart = next(e for e in examples if e.name == "chart")
-        with serve_forced_demo(tiny, examples) as url, chromium_page(viewport=(WIDTH, HEIGHT)) as page:
+        fine = next(e for e in examples if e.name == "shape-pattern")
+        with serve_page(engine, examples) as url, chromium_page(viewport=(WIDTH, HEIGHT)) as page:
             page.goto(url)
             expect(page.locator("#ask-button")).to_be_visible()
-            ask_and_open_thinking(page, chart.path, chart.question)
+            ask_and_open_thinking(page, fine.path, fine.question)
             settle(page)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             jpeg = args.out.suffix.lower() in (".jpg", ".jpeg")

@@ -72,16 +72,16 @@ def test_bad_input_shows_a_message_not_a_traceback(forced_app, tmp_path, chart, 
     assert badge == "" and tokens == "" and chat == []
 
 
-def test_app_entry_point_falls_back_to_the_tiny_model(tmp_path, tiny_model_dir, chart):
-    """`python app.py` with the default checkpoint offline: the page says plainly it runs the tiny model."""
+def test_app_entry_point_falls_back_to_the_embedded_miniature(tmp_path):
+    """`python app.py` with the default checkpoint offline: the page runs the miniature, says in one line what it
+    is, and leads its examples with the miniature's own: a coarse question it answers from the 1/4 image and a
+    fine one it asks the full image for."""
     port = free_port()
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "VISIONTHINK_MODEL": "Senqiao/VisionThink-Efficient",
-        "VISIONTHINK_TINY_DIR": str(tiny_model_dir),
         "VISIONTHINK_EXAMPLES_DIR": str(tmp_path / "examples"),
-        "VISIONTHINK_TINY_MAX_NEW_TOKENS": "8",
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "HF_HOME": str(tmp_path / "hf"),
@@ -91,19 +91,24 @@ def test_app_entry_point_falls_back_to_the_tiny_model(tmp_path, tiny_model_dir, 
                                stderr=subprocess.STDOUT, text=True)
     try:
         client = _connect(f"http://127.0.0.1:{port}/", process)
-        error, badge, chat, _gallery, tokens, status, _ = client.predict(handle_file(str(chart)), "What is it?", "auto",
-                                                                      api_name="/ask")
-        assert error == ""
-        assert "visionthink-tiny-random" in status
-        assert "Asked for" in badge or "Answered from" in badge
-        assert "visual tokens used" in tokens
-        assert chat[-1]["role"] == "assistant"
-        assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["chart.png", "receipt.png", "scene.png"]
+        examples = tmp_path / "examples"
+        names = sorted(p.name for p in examples.iterdir())
+        assert names == ["chart.png", "receipt.png", "scene.png", "shape-colour.png", "shape-pattern.png"]
+        coarse = client.predict(handle_file(str(examples / "shape-colour.png")), "What colour is the shape?", "auto",
+                                api_name="/ask")
+        fine = client.predict(handle_file(str(examples / "shape-pattern.png")), "What pattern fills the shape?",
+                              "auto", api_name="/ask")
+        for error, badge, chat, _gallery, tokens, status, _ in (coarse, fine):
+            assert error == ""
+            assert "visionthink-miniature" in status and "synthetic task, not a general model" in status
+            assert "visual tokens used" in tokens and chat[-1]["role"] == "assistant"
+        assert "Answered from the 1/4" in coarse[1] and "red" in str(coarse[2][-1]["content"])
+        assert "Asked for the full-resolution image" in fine[1] and "checkerboard" in str(fine[2][-1]["content"])
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert "Could not load Senqiao/VisionThink-Efficient" in output
-    assert "its answers are meaningless" in output
+    assert "trained on a synthetic shapes-and-textures task, not a general model" in output
 
 
 def _connect(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> Client:

@@ -317,11 +317,11 @@ def test_cli_refuses_to_evaluate_the_fallback(dataset_dir, tmp_path):
 def test_an_engine_with_a_fallback_notice_is_refused_unless_allowed(tiny_backend, dataset_dir, tmp_path, monkeypatch,
                                                                     capsys):
     engine, _ = make_engine(tiny_backend)
-    engine.notice = "Could not load the model. Running the tiny random test model instead."
+    engine.notice = "Could not load the model. Running the embedded miniature instead."
     monkeypatch.setattr(ev, "load_engine", lambda settings, progress=None: engine)
     argv = ["--data", str(dataset_dir), "--limit", "1", "--modes", "low", "--out", str(tmp_path / "out")]
     assert run_main(argv) == 1
-    assert "tiny random test model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "embedded miniature" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert run_main([*argv, "--allow-fallback"]) == 0
     assert "WARNING: Could not load the model" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["notice"] == engine.notice

@@ -1,4 +1,4 @@
-"""Settings from the environment, and choosing a model: the checkpoint, a server, or the tiny fallback."""
+"""Settings from the environment, and choosing a model: the checkpoint, a server, or the embedded miniature."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def test_defaults_match_the_readme_table():
 def test_environment_overrides_and_conversions(tmp_path):
     s = Settings.from_env({
         "VISIONTHINK_MODEL": "/models/vt", "VISIONTHINK_MAX_NEW_TOKENS": "8_192", "VISIONTHINK_TEMPERATURE": "0.7",
-        "VISIONTHINK_TINY_DIR": str(tmp_path), "OPENAI_API_KEY": "sk-test", "VISIONTHINK_REVISION": "",
+        "VISIONTHINK_FALLBACK_MODEL": str(tmp_path), "OPENAI_API_KEY": "sk-test", "VISIONTHINK_REVISION": "",
     })
-    assert (s.model, s.max_new_tokens, s.temperature, s.tiny_dir) == ("/models/vt", 8192, 0.7, tmp_path)
+    assert (s.model, s.max_new_tokens, s.temperature, s.fallback_model) == ("/models/vt", 8192, 0.7, tmp_path)
     assert s.api_key == "sk-test" and s.revision is None
     assert Settings.from_env({"VISIONTHINK_API_KEY": "a", "OPENAI_API_KEY": "b"}).api_key == "a"
 
@@ -37,7 +37,7 @@ def test_environment_overrides_and_conversions(tmp_path):
         ({"VISIONTHINK_MAX_TURNS": "0"}, "VISIONTHINK_MAX_TURNS must be at least 1"),
         ({"VISIONTHINK_BACKEND": "onnx"}, "VISIONTHINK_BACKEND must be 'transformers' or 'openai'"),
         ({"VISIONTHINK_TOP_P": "high"}, "VISIONTHINK_TOP_P must be a number"),
-        ({"VISIONTHINK_FALLBACK": "maybe"}, "VISIONTHINK_FALLBACK must be 'tiny' or 'none'"),
+        ({"VISIONTHINK_FALLBACK": "maybe"}, "VISIONTHINK_FALLBACK must be 'miniature' or 'none'"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
@@ -54,24 +54,28 @@ def test_local_folder_loads_without_fallback(tiny_model_dir):
     assert messages[-1] == f"Ready: {tiny_model_dir}."
 
 
-def test_unavailable_model_falls_back_to_tiny_and_says_so(tiny_model_dir, monkeypatch):
+def test_unavailable_model_falls_back_to_the_embedded_miniature_and_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     messages: list[str] = []
-    settings = Settings(model="Senqiao/VisionThink-Efficient", tiny_dir=tiny_model_dir, device="cpu",
-                        tiny_max_new_tokens=32)
+    settings = Settings(model="Senqiao/VisionThink-Efficient", device="cpu", fallback_max_new_tokens=32)
     engine = load_engine(settings, messages.append)
-    assert engine.model_id == "visionthink-tiny-random"
+    assert engine.model_id == "visionthink-miniature" and engine.model_source == "miniature"
     assert "Could not load Senqiao/VisionThink-Efficient" in engine.notice
-    assert "its answers are meaningless" in engine.notice
+    assert "trained on a synthetic shapes-and-textures task, not a general model" in engine.notice
     assert engine.notice in messages
     assert engine.settings.max_new_tokens == 32
 
 
-def test_fallback_none_raises_a_clear_error(tmp_path, monkeypatch):
+def test_a_missing_fallback_is_a_load_error_that_names_both(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="nor the embedded miniature in .*never-built"):
+        load_engine(Settings(fallback_model=tmp_path / "never-built", device="cpu"))
+
+
+def test_fallback_none_raises_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Could not load Senqiao/VisionThink-Efficient"):
-        load_engine(Settings(fallback="none", tiny_dir=tmp_path / "never-built"))
-    assert not (tmp_path / "never-built").exists()
+        load_engine(Settings(fallback="none"))
 
 
 def test_openai_backend_asks_the_server_for_its_model():
