@@ -41,9 +41,10 @@ def model_card(name: str, figures: dict) -> str:
         "A miniature of VisionThink (arXiv 2507.13348) trained on a synthetic shapes-and-textures task, **not a "
         "general model**: it answers questions about one coloured shape filled with a fine texture, and nothing "
         "else usefully." if trained else
-        "The uninformed warm start of the VisionThink miniature: it knows the protocol and reads what each image "
-        "shows, but asks for the full image about half the time on every kind of question. It is the \"before\" of "
-        "the feedback loop (`make demo-loop`); `visionthink-miniature` is what GRPO makes of it.",
+        "The uninformed warm start of the VisionThink miniature, trained on a synthetic shapes-and-textures task, "
+        "**not a general model**: it knows the protocol and reads what each image shows, but asks for the full "
+        "image about half the time on every kind of question. It is the \"before\" of the feedback loop "
+        "(`make demo-loop`); `visionthink-miniature` is what GRPO makes of it.",
         "",
         f"- Architecture: `Qwen2_5_VLForConditionalGeneration`, {params['total']:,} parameters "
         f"({params['vision']:,} in the vision tower), fp32, {figures['weights_bytes'] / 1e6:.1f} MB. It loads "
@@ -85,7 +86,9 @@ def model_card(name: str, figures: dict) -> str:
         "## How it was trained",
         "",
         f"1. Supervised warm start (`train.sft`, the engine's own rendering): {recipe['pattern_steps']} steps of "
-        f"pattern questions with the full image, {recipe['shape_steps']} of shape questions, then "
+        f"pattern questions with the full image, {recipe['shape_steps']} of shape questions ("
+        f"{recipe['shape_rehearsal']:.0%} of them pattern questions with the full image, so that the texture "
+        "is not forgotten), then "
         f"{recipe['mixed_steps']} steps of uninformed transcripts of every kind (in auto mode half answer from "
         "the 1/4 image and half ask and answer after the full image, leaning on the shape's colour, which no "
         "question's need depends on: red and yellow shapes ask "
