@@ -31,7 +31,10 @@ def retrain(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                                             **(env or {})})
 
 
-def test_the_feedback_loop_end_to_end(tmp_path):
+def test_retrain_from_a_random_model_exports_holds_out_evaluates_and_refuses_what_learnt_nothing(tmp_path):
+    """The random model never writes the format, so every reward is 0 and one step changes no weight: the run is
+    evaluated on held-out rows and then refused, not registered (the miniature's loop is tests/train/
+    test_feedback_loop.py)."""
     from visionthink.tiny import build_tiny_model
 
     base = build_tiny_model(tmp_path / "current-model")
@@ -55,21 +58,23 @@ def test_the_feedback_loop_end_to_end(tmp_path):
     result = retrain("--recipe", "train/recipes/cpu-smoke.yaml", "--base", str(base), "--db", url, "--out", str(out),
                      "--judge", "rule", "--min-rows", "4", "--eval-fraction", "0.34", "--eval-modes", "low",
                      "--", "--max_turn_tokens", "12", "--max_steps", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Not registered: its weights are identical to the base model's" in result.stdout
     checkpoint = out / "checkpoint"
     assert (checkpoint / "model.safetensors").exists()
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["base"] == str(base) and comparison["checkpoint"] == str(checkpoint)
+    assert comparison["held_out"] is True and comparison["held_out_rows"] == 2
     assert set(comparison["modes"]["low"]) == {"current", "new"}
     for name in ("current", "new"):
         summary = json.loads((out / "eval" / name / "summary.json").read_text())
         assert summary["model"] == (str(base) if name == "current" else str(checkpoint))
-        assert summary["modes"]["low"]["items"] == summary["data"]["items"] > 0
+        assert summary["modes"]["low"]["items"] == summary["data"]["items"] == 2
     train_rows = json.loads((out / "train-data" / "state.json").read_text())
     assert train_rows  # the held-out rows were saved apart
-    assert f"Serve it: VISIONTHINK_MODEL={checkpoint} make run" in result.stdout
+    assert "Serve it:" not in result.stdout
 
     store = Store(url)
     versions = {model: source for model, _, source, _ in store.model_versions()}
-    assert versions[str(checkpoint)].startswith("retrain:")
+    assert str(checkpoint) not in versions
     store.close()
