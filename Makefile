@@ -6,7 +6,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev system-test-deps tiny-model screenshot bench retrain clean
+.PHONY: run test install install-dev system-test-deps tiny-model screenshot bench retrain miniature \
+	miniature-ablations demo-loop clean
 
 # torch is installed on its own first so that pip takes the pinned build (the local CPU wheel here, CUDA on a
 # GPU host) before anything else can ask for a different one. No eager upgrades.
@@ -51,10 +52,24 @@ screenshot: install-dev system-test-deps
 bench: install-dev system-test-deps
 	$(PY) -m bench.store_bench --write
 	$(PY) -m bench.grpo_bench --write
+	$(PY) -m bench.miniature_bench --write
 
 # Retrain from the collected ratings (LoRA on one GPU by default); ARGS="--recipe … -- --field value" to change it.
 retrain: install
 	$(PY) -m train.retrain $(ARGS)
+
+# Rebuild the embedded miniature from nothing (sample, SFT, GRPO, evaluate; about 30 minutes on 2 cores) and install
+# it in visionthink/miniature/weights/ with its model card. CI does not run it; its tests check the result.
+miniature: install
+	$(PY) -m train.miniature build --out runs/miniature
+
+# GRPO from the same start with each penalty variant (needs `make miniature` first): docs/miniature-ablations.*
+miniature-ablations: install
+	$(PY) -m train.miniature ablations --out runs/miniature
+
+# The feedback loop on the miniature: serve the start, ask, annotate, retrain, serve the new version, compare.
+demo-loop: install
+	$(PY) -m train.demo_loop --out runs/demo-loop
 
 clean:
 	rm -rf $(VENV) .pytest_cache
