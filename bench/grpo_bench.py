@@ -26,13 +26,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## GRPO step (tiny model, CPU)"
 
 
+def step_timer():
+    """A trainer callback that records each optimiser step's wall time in ``.times``."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
+
+
 def run_one(generations: int, steps: int, workdir: Path) -> dict:
     """One training run in this process; returns per-step wall times and the peak RSS."""
     import datasets
     import numpy as np
     import torch
     from PIL import Image
-    from transformers import TrainerCallback
     from trl import GRPOConfig, ModelConfig
 
     from tests.support.forcing import ANSWER_TURN, TOOL_TURN, force_training_episodes
@@ -49,17 +66,6 @@ def run_one(generations: int, steps: int, workdir: Path) -> dict:
         "original_answer": ["44.6"] * steps,
     }).save_to_disk(str(data))
 
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.start = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
-
     vt = VisionThinkArguments(dataset=str(data), judge="rule", max_turn_tokens=48, log_completions_jsonl=False)
     training = GRPOConfig(output_dir=str(workdir / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
                           num_generations=generations, per_device_train_batch_size=generations, max_steps=steps,
@@ -67,7 +73,7 @@ def run_one(generations: int, steps: int, workdir: Path) -> dict:
                           disable_tqdm=True, seed=0)
     trainer = build_trainer(vt, training, ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
     force_training_episodes(trainer.model, trainer.processing_class.tokenizer, [TOOL_TURN, ANSWER_TURN])
-    timer = Timer()
+    timer = step_timer()
     trainer.add_callback(timer)
     trainer.train()
     return {"generations": generations, "step_s": timer.times,

@@ -50,9 +50,9 @@ def sft_steps(steps: int) -> list[float]:
 
 
 def grpo_steps(steps: int, workdir: Path) -> list[float]:
-    from transformers import TrainerCallback
     from trl import GRPOConfig, ModelConfig, TrlParser
 
+    from bench.grpo_bench import step_timer
     from train.grpo import VisionThinkArguments, build_trainer
     from train.miniature import RECIPE, Recipe
     from visionthink.miniature import data, model as miniature_model
@@ -63,19 +63,8 @@ def grpo_steps(steps: int, workdir: Path) -> list[float]:
          "--output_dir", str(workdir / "out"), "--max_steps", str(steps + 1), "--logging_steps", "1000",
          "--disable_tqdm", "true", "--log_completions_jsonl", "false"])
 
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.start = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
-
     trainer = build_trainer(vt, training, model_args)
-    timer = Timer()
+    timer = step_timer()
     trainer.add_callback(timer)
     trainer.train()
     return timer.times[1:]
