@@ -11,7 +11,8 @@
    questions with the full image only (the texture is the skill hardest to find in a mixture), then shape
    questions (the slowest to read from the 1/4 image; half the batch rehearses the texture), then *uninformed*
    transcripts where every kind answers directly from the 1/4 image or asks for the full image, half and half (a
-   direct answer to a pattern question is a uniform guess). The start reads what it can and has no reason to prefer either path;
+   direct answer to a pattern question is a uniform guess). The start reads what it can and has no reason to
+   prefer either path;
 4. GRPO from the start (``train.grpo`` with ``train/recipes/miniature.yaml``: rule judge, format reward, Eq. 5);
 5. evaluate the start and the trained model on the held-out rows with ``train.evaluate`` (engine, greedy; the
    start also sampled), and probe each model's own visual tokens;
