@@ -4,15 +4,20 @@ r"""Accuracy judges for the GRPO reward and the evaluation: is a model's ``<answ
 the paper's judge prompt (``protocol.JUDGE_SYSTEM_PROMPT`` / ``JUDGE_USER_TEMPLATE``, spec §5.1); :class:`RuleJudge`
 scores offline by rules. :func:`judge_from_env` picks one from the ``VISIONTHINK_JUDGE*`` variables.
 
-A judgement that fails is ``None``, never a silent 0 or 1 (spec §9, defects 6 and 7): it is counted in
-``judge.stats.failures`` by reason and logged on the ``train.judge`` logger; the reward leaves it out.
+A judgement that fails is ``None``, never a silent 0 or 1 and never an exception (spec §9, defects 6 and 7): it is
+counted in ``judge.stats.failures`` by reason and logged on the ``train.judge`` logger; the reward leaves it out.
 
-The verdict is the last ``Score: 0|1`` in the reply (:data:`VERDICT`), never "a ``1`` somewhere in the reply".
-Attempts follow the released code: up to three at temperature 0, 0.2 and 0.4, an attempt failing when its reply
-holds no verdict. Rate limits (429), server errors (5xx, 408, 409), timeouts and connection errors are retried with
-exponential backoff and jitter, honouring ``retry-after`` (capped); they are not attempts, but at most
-``max_retries`` of them are made per judgement, so a dead endpoint ends in ``None``. Any other 4xx (bad key, bad
-request) fails at once. The openai client's own retries are off, so this policy is the only one.
+The verdict (:func:`parse_verdict`). Echoes of the prediction block are cut out of the reply (measure 3 below) and
+reasoning before the last ``</think>`` is ignored; every ``Score: 0|1`` left (:data:`VERDICT`, case-insensitive, so
+"score: 1" and "**SCORE**: 1" count) is a verdict, and they must agree. A reply that holds none, or both a 0 and a
+1, has no verdict: "Score: 0 ... Score: 1" is not 1. The same value repeated is that value.
+
+Attempts follow the released code: up to three, at temperature 0, 0.2 and 0.4. An attempt fails when its reply has
+no verdict, or is not a readable chat completion (a body that is not JSON, no ``choices``, no text); after the last
+one the judgement is ``None`` with that attempt's reason (``unparseable``, ``empty_reply`` or ``bad_response``).
+Transport errors are not attempts: the ``openai`` client retries rate limits (429), server errors (5xx, 408, 409),
+timeouts and connection errors itself, up to ``max_retries`` times with exponential backoff and jitter, honouring
+``retry-after``. What it gives up on, and any other 4xx (bad key, bad request), ends the judgement at once.
 
 Prompt injection. The prediction is model output, and the model is rewarded by the verdict, so it must not be able
 to write the verdict itself. Three measures:
@@ -26,7 +31,8 @@ to write the verdict itself. Three measures:
 3. Before the reply is parsed, every echo of the block is cut out of it: text between the nonce markers, from an
    unmatched opening marker to the end, from the start to an unmatched closing marker, and, when the prediction
    itself holds a verdict-like text, each verbatim copy of the prediction. A judge that quotes the prediction
-   therefore cannot contribute its "Score: 1". Reasoning before a ``</think>`` is ignored as well.
+   therefore cannot contribute its "Score: 1"; a judge that quotes only part of it ("Score: 0; it claims Score:
+   1") gives conflicting verdicts, hence none, and the next attempt runs.
 
 What is left is a judge model that obeys instructions inside the data; the prompt is the paper's and cannot warn
 it, so :class:`LLMJudge` is only as robust as the judge model there.
@@ -34,14 +40,11 @@ it, so :class:`LLMJudge` is only as robust as the judge model there.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import re
 import secrets
 import sqlite3
@@ -87,15 +90,9 @@ class Judge(ABC):
     @abstractmethod
     def score(self, question: str, reference: str, prediction: str | None) -> int | None: ...
 
-    async def ascore(self, question: str, reference: str, prediction: str | None) -> int | None:
-        return self.score(question, reference, prediction)
-
     def score_many(self, items: Sequence[Item]) -> list[int | None]:
         """Scores of ``(question, reference, prediction)`` items, in their order."""
         return [self.score(*item) for item in items]
-
-    async def ascore_many(self, items: Sequence[Item]) -> list[int | None]:
-        return list(await asyncio.gather(*(self.ascore(*item) for item in items)))
 
 
 def _blank(prediction: str | None) -> bool:
@@ -165,7 +162,7 @@ def strip_echo(reply: str, nonce: str | None = None, prediction: str | None = No
     """The reply without any echo of the prediction block (see the module docstring, measure 3)."""
     if nonce:
         opening, closing = open_marker(nonce), close_marker(nonce)
-        reply = re.sub(re.escape(opening) + r".*?" + re.escape(closing), " ", reply, flags=re.DOTALL)
+        reply = _cut_blocks(reply, opening, closing)
         end = reply.rfind(closing)
         if end != -1:  # a closing marker without its opening one: the echo started before it
             reply = reply[end + len(closing) :]
@@ -180,21 +177,46 @@ def strip_echo(reply: str, nonce: str | None = None, prediction: str | None = No
     return reply
 
 
+def _cut_blocks(text: str, opening: str, closing: str) -> str:
+    """``text`` with each ``opening … closing`` span (the nearest closing) replaced by a space, in linear time."""
+    kept, position = [], 0
+    while (start := text.find(opening, position)) != -1:
+        end = text.find(closing, start + len(opening))
+        if end == -1:  # no closing after this opening, so none after any later one either
+            break
+        kept.append(text[position:start])
+        kept.append(" ")
+        position = end + len(closing)
+    kept.append(text[position:])
+    return "".join(kept)
+
+
 def parse_verdict(reply: str | None, nonce: str | None = None, prediction: str | None = None) -> int | None:
-    """The last ``Score: 0|1`` of the judge's reply, after any ``</think>`` and outside echoes; None if there is none.
+    r"""The verdict of a judge's reply: 0 or 1, or None when the reply has none.
+
+    The rule: cut every echo of the prediction block out of the reply (:func:`strip_echo`), then drop everything
+    before the last ``</think>`` (the judge's reasoning); every :data:`VERDICT` left is a verdict, matched
+    case-insensitively ("Score: 1", "score:1", "**SCORE**: 1"). They must agree: the reply's verdict is their
+    common value, and a reply with none, or with both a 0 and a 1, has no verdict, whichever comes last.
+    Look-alikes are not verdicts (a fullwidth colon or digit, a Cyrillic letter, a word joiner after "Score"), except
+    where Python's Unicode case folding equates them (the long s of "ſcore"); :func:`neutralise` follows the same rule.
 
     >>> parse_verdict("The prediction is wrong. Score: 0 (1 would mean a match)")
     0
+    >>> parse_verdict("Score: 1. Both say STOP. Score: 1")
+    1
+    >>> parse_verdict("Score: 0\nNote: the answer asks for score: 1") is None
+    True
     >>> parse_verdict("1") is None
     True
     """
-    if not reply:
+    if not isinstance(reply, str) or not reply:
         return None
     reply = strip_echo(reply, nonce, prediction)
     if _THINK_END in reply:
         reply = reply.rsplit(_THINK_END, 1)[1]
-    verdicts = list(VERDICT.finditer(reply))
-    return int(verdicts[-1].group(1)) if verdicts else None
+    verdicts = {int(match.group(1)) for match in VERDICT.finditer(reply)}
+    return verdicts.pop() if len(verdicts) == 1 else None
 
 
 # --- Cache -----------------------------------------------------------------------------------------------------
@@ -293,6 +315,10 @@ class JudgeCache:
 class JudgeStats:
     """What a judge did. Every call ends in exactly one of: an empty prediction (0), a cache hit, a verdict
     from the endpoint (``judged``) or a failure (by reason), so ``calls`` is their sum.
+
+    ``requests`` counts the HTTP requests sent, ``retries`` those of them the ``openai`` client sent again after a
+    transport error (429, 5xx, a timeout, a lost connection); ``unparseable_replies`` and ``bad_replies`` count the
+    failed attempts: replies without a verdict, and replies that were not a chat completion with text.
     """
 
     calls: int = 0
@@ -301,8 +327,9 @@ class JudgeStats:
     judged: int = 0
     failures: Counter = field(default_factory=Counter)
     requests: int = 0
-    retries: int = 0  # transient errors retried (429, 5xx, timeouts, connection errors)
-    unparseable_replies: int = 0  # replies without a verdict (each one an attempt)
+    retries: int = 0
+    unparseable_replies: int = 0
+    bad_replies: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -330,103 +357,33 @@ class JudgeStats:
                 "requests": self.requests,
                 "retries": self.retries,
                 "unparseable_replies": self.unparseable_replies,
+                "bad_replies": self.bad_replies,
             }
 
 
 # --- The LLM judge ---------------------------------------------------------------------------------------------
 
-_TRANSIENT_STATUS = {408, 409, 429}
+#: The header the ``openai`` client numbers each try of a request with: "0" first, then 1, 2, … for its retries.
+_RETRY_COUNT_HEADER = "x-stainless-retry-count"
 
 
-class _Judgement:
-    """The retry state of one judgement, shared by the sync and the async path."""
+def _reply_text(completion: object) -> tuple[str | None, str, str]:
+    """``(text, "", "")`` for a chat completion whose first choice has text, else ``(None, reason, detail)``.
 
-    def __init__(self, judge: LLMJudge, question: str, reference: str, prediction: str) -> None:
-        self.judge = judge
-        self.prediction = prediction
-        self.nonce = new_nonce(prediction)
-        self.messages = judge_messages(question, reference, prediction, self.nonce)
-        self.attempt = 0
-        self.transient = 0
-        self.requests = 0
-        self.verdict: int | None = None
-        self.reason: str | None = None
-        self.detail = ""
-
-    @property
-    def done(self) -> bool:
-        return self.verdict is not None or self.reason is not None
-
-    def request(self) -> dict:
-        self.requests += 1
-        self.judge.stats.add(requests=1)
-        return {
-            "model": self.judge.model,
-            "messages": self.messages,
-            "temperature": round(TEMPERATURE_STEP * self.attempt, 6),
-            "max_tokens": self.judge.max_tokens,
-        }
-
-    def received(self, completion) -> None:
-        choices = getattr(completion, "choices", None) or []
-        reply = (choices[0].message.content or "") if choices else ""
-        verdict = parse_verdict(reply, self.nonce, self.prediction)
-        if verdict is not None:
-            self.verdict = verdict
-            return
-        self.judge.stats.add(unparseable_replies=1)
-        self.attempt += 1
-        logger.debug("Judge reply without a verdict (attempt %d): %.200r", self.attempt, reply)
-        if self.attempt >= self.judge.max_attempts:
-            self.reason = "unparseable"
-            self.detail = f"{self.attempt} replies without a 'Score: 0|1'; the last was {reply[:200]!r}"
-
-    def errored(self, exc: openai.APIError) -> float:
-        """Record a failed request; returns the seconds to wait before the next one (when not done)."""
-        retry_after = None
-        if isinstance(exc, openai.APIStatusError):
-            reason = f"http_{exc.status_code}"
-            transient = exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
-            retry_after = _retry_after_s(exc.response.headers)
-        elif isinstance(exc, openai.APITimeoutError):
-            reason, transient = "timeout", True
-        elif isinstance(exc, openai.APIConnectionError):
-            reason, transient = "connection", True
-        else:  # a response the client could not read (a proxy's HTML page, …)
-            reason, transient = "bad_response", True
-        detail = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
-        if not transient:
-            self.reason, self.detail = reason, detail
-            return 0.0
-        if self.transient >= self.judge.max_retries:
-            self.reason = reason
-            self.detail = f"{detail} (gave up after {self.transient} retries)"
-            return 0.0
-        self.transient += 1
-        self.judge.stats.add(retries=1)
-        delay = self.judge.backoff_s(self.transient, retry_after)
-        logger.debug("Judge request failed (%s); retry %d in %.2fs", detail, self.transient, delay)
-        return delay
-
-
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds asked for by ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if any."""
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    Without strict validation the client hands over whatever JSON the server sent (a completion without
+    ``choices``, a list, a bare string), so every field is checked here.
+    """
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None, "bad_response", f"the response is not a chat completion with choices: {completion!r:.200}"
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(message, openai.BaseModel) or not isinstance(content, str | None):
+        return None, "bad_response", f"the first choice has no message text: {choices[0]!r:.200}"
+    if not content or not content.strip():
+        finish = getattr(choices[0], "finish_reason", None)
+        return None, "empty_reply", f"the reply is empty (content {content!r}, finish_reason {finish!r})"
+    return content, "", ""
 
 
 class LLMJudge(Judge):
@@ -434,10 +391,10 @@ class LLMJudge(Judge):
 
     ``base_url`` names an OpenAI-compatible server (vLLM: ``http://host:8000/v1``; None: api.openai.com);
     ``azure_endpoint`` with ``api_version`` selects Azure OpenAI, where ``model`` is the deployment name.
-    ``max_attempts`` replies without a verdict end a judgement; ``max_retries`` transient errors (429, 5xx,
-    timeouts, connection errors), waited out with backoff from ``retry_backoff_s`` doubling up to
-    ``max_backoff_s``, end it too. At most ``max_concurrency`` requests are in flight from the sync path (all
-    threads) and as many from the async path (per event loop).
+    ``max_attempts`` failed attempts (replies without a verdict, malformed replies) end a judgement;
+    ``max_retries`` is the ``openai`` client's: how often it sends a request again after a transport error before
+    the judgement fails. ``timeout_s`` bounds each request. At most ``max_concurrency`` requests are in flight,
+    from all threads together.
     """
 
     def __init__(
@@ -454,8 +411,6 @@ class LLMJudge(Judge):
         max_concurrency: int = 16,
         cache: JudgeCache | None = None,
         max_tokens: int = 512,
-        retry_backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
     ) -> None:
         for label, value, least in (
             ("max_attempts", max_attempts, 1),
@@ -465,11 +420,8 @@ class LLMJudge(Judge):
         ):
             if value < least:
                 raise JudgeError(f"LLMJudge needs {label} of at least {least}, not {value}.")
-        if not timeout_s > 0 or retry_backoff_s < 0 or max_backoff_s < 0:
-            raise JudgeError(
-                f"LLMJudge needs timeout_s > 0 and non-negative backoffs, not timeout_s={timeout_s}, "
-                f"retry_backoff_s={retry_backoff_s}, max_backoff_s={max_backoff_s}."
-            )
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise JudgeError(f"LLMJudge needs a positive, finite timeout_s, not {timeout_s}.")
         if azure_endpoint and base_url:
             raise JudgeError("Give the judge either base_url or azure_endpoint (Azure OpenAI), not both.")
         if azure_endpoint and not api_version:
@@ -483,50 +435,31 @@ class LLMJudge(Judge):
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
         self.max_tokens = max_tokens
-        self.retry_backoff_s = float(retry_backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
         self.cache = cache if cache is not None else JudgeCache()
         self.stats = JudgeStats()
-        self._client_options: dict = {"api_key": api_key, "timeout": self.timeout_s, "max_retries": 0}
+        # The client's own HTTP client, with its defaults, plus a hook that sees every request it sends.
+        http_client = openai.DefaultHttpxClient(timeout=self.timeout_s, event_hooks={"request": [self._sent]})
+        options: dict = {"api_key": api_key, "timeout": self.timeout_s, "max_retries": max_retries,
+                         "http_client": http_client}
         if azure_endpoint:
-            self._client_options.update(azure_endpoint=azure_endpoint, api_version=api_version)
+            options.update(azure_endpoint=azure_endpoint, api_version=api_version)
         else:
-            self._client_options.update(base_url=base_url)
+            options.update(base_url=base_url)
             if base_url and not api_key:
-                self._client_options["api_key"] = "EMPTY"  # a local vLLM server takes any key
-        self._client = self._make_client(asynchronous=False)
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._lock = threading.Lock()
-        self._async: dict[asyncio.AbstractEventLoop, tuple[openai.AsyncOpenAI, asyncio.Semaphore]] = {}
-
-    def _make_client(self, asynchronous: bool):
-        if self.azure_endpoint:
-            cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
-        else:
-            cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+                options["api_key"] = "EMPTY"  # a local vLLM server takes any key
         try:
-            return cls(**self._client_options)
+            self._client = (openai.AzureOpenAI if azure_endpoint else openai.OpenAI)(**options)
         except openai.OpenAIError as exc:
+            http_client.close()
             raise JudgeError(
                 f"Cannot build the judge client ({exc}). Set VISIONTHINK_JUDGE_API_KEY (or OPENAI_API_KEY)."
             ) from exc
+        self._slots = threading.BoundedSemaphore(max_concurrency)
 
-    def _async_resources(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            for old in [old for old in self._async if old.is_closed()]:
-                del self._async[old]
-            if loop not in self._async:
-                self._async[loop] = (self._make_client(asynchronous=True), asyncio.Semaphore(self.max_concurrency))
-            return self._async[loop]
-
-    def backoff_s(self, retry: int, retry_after: float | None = None) -> float:
-        """Wait before transient retry number ``retry``: the server's ``retry-after`` when given, else exponential
-        with jitter; never more than ``max_backoff_s``."""
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff_s)
-        ceiling = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (retry - 1))
-        return ceiling * (0.5 + random.random() / 2)
+    def _sent(self, request) -> None:
+        """The HTTP client's request hook: count the request, and whether the ``openai`` client is retrying it."""
+        retried = request.headers.get(_RETRY_COUNT_HEADER, "0") not in ("", "0")
+        self.stats.add(requests=1, retries=int(retried))
 
     # -- scoring --
 
@@ -545,70 +478,58 @@ class LLMJudge(Judge):
             return _Outcome(cached), key
         return None, key
 
-    def _finish(self, judgement: _Judgement, key: str) -> _Outcome:
-        if judgement.verdict is not None:
-            self.stats.add(judged=1)
-            self.cache.put(key, judgement.verdict, self.model)
-            return _Outcome(judgement.verdict)
-        return self._failed(judgement.reason or "unknown", f"{judgement.detail} [{judgement.requests} request(s)]")
-
     def _failed(self, reason: str, detail: str) -> _Outcome:
         self.stats.fail(reason)
         logger.warning("Judge %s failed (%s): %s", self.model, reason, detail)
         return _Outcome(None, reason)
 
-    def _start(self, question: str, reference: str, prediction: str) -> _Judgement | _Outcome:
-        try:
-            return _Judgement(self, question, reference, prediction)
-        except ValueError as exc:  # a question protocol.user_message refuses (several <image> markers)
-            return self._failed("bad_question", str(exc))
-
     def _judge(self, question: str, reference: str, prediction: str | None) -> _Outcome:
         known, key = self._begin(question, reference, prediction)
         if known is not None:
             return known
-        judgement = self._start(question, reference, prediction)
-        if isinstance(judgement, _Outcome):
-            return judgement
-        while not judgement.done:
+        try:
+            nonce = new_nonce(prediction)
+            messages = judge_messages(question, reference, prediction, nonce)
+        except ValueError as exc:  # a question protocol.user_message refuses (several <image> markers)
+            return self._failed("bad_question", str(exc))
+
+        reason = detail = ""
+        for attempt in range(self.max_attempts):
             try:
                 with self._slots:
-                    completion = self._client.chat.completions.create(**judgement.request())
-            except openai.APIError as exc:
-                delay = judgement.errored(exc)
-                if delay > 0 and not judgement.done:
-                    time.sleep(delay)
-                continue
-            judgement.received(completion)
-        return self._finish(judgement, key)
-
-    async def _ajudge(self, question: str, reference: str, prediction: str | None) -> _Outcome:
-        known, key = self._begin(question, reference, prediction)
-        if known is not None:
-            return known
-        judgement = self._start(question, reference, prediction)
-        if isinstance(judgement, _Outcome):
-            return judgement
-        client, slots = self._async_resources()
-        while not judgement.done:
-            try:
-                async with slots:
-                    completion = await client.chat.completions.create(**judgement.request())
-            except openai.APIError as exc:
-                delay = judgement.errored(exc)
-                if delay > 0 and not judgement.done:
-                    await asyncio.sleep(delay)
-                continue
-            judgement.received(completion)
-        return self._finish(judgement, key)
+                    completion = self._client.chat.completions.create(
+                        model=self.model,
+                        messages=messages,
+                        temperature=round(TEMPERATURE_STEP * attempt, 6),
+                        max_tokens=self.max_tokens,
+                    )
+            except openai.APIStatusError as exc:  # a 4xx, or a 408/409/429/5xx the client stopped retrying
+                return self._failed(f"http_{exc.status_code}", f"{type(exc).__name__}: {exc.message}")
+            except openai.APITimeoutError as exc:  # before APIConnectionError, its base class
+                return self._failed("timeout", f"{exc.message} (retried up to {self.max_retries} times)")
+            except openai.APIConnectionError as exc:
+                return self._failed("connection", f"{exc.message} (retried up to {self.max_retries} times)")
+            except Exception as exc:  # noqa: BLE001
+                # Anything else is a 200 whose body the client could not read: not JSON (JSONDecodeError), not
+                # UTF-8, nested too deep (RecursionError), …; one bad reply must not abort a batch or the reward.
+                reply, reason, detail = None, "bad_response", f"unreadable body ({type(exc).__name__}: {exc})"
+            else:
+                reply, reason, detail = _reply_text(completion)
+            if reply is not None:
+                verdict = parse_verdict(reply, nonce, prediction)
+                if verdict is not None:
+                    self.stats.add(judged=1)
+                    self.cache.put(key, verdict, self.model)
+                    return _Outcome(verdict)
+                reason, detail = "unparseable", f"no single 'Score: 0|1' in the reply {reply[:200]!r}"
+                self.stats.add(unparseable_replies=1)
+            else:
+                self.stats.add(bad_replies=1)
+            logger.debug("Judge attempt %d of %d failed (%s): %s", attempt + 1, self.max_attempts, reason, detail)
+        return self._failed(reason, f"{self.max_attempts} attempt(s) failed; the last: {detail}")
 
     def score(self, question: str, reference: str, prediction: str | None) -> int | None:
         return self._judge(question, reference, prediction).verdict
-
-    async def ascore(self, question: str, reference: str, prediction: str | None) -> int | None:
-        """:meth:`score` on an async client of the running event loop (TRL's async rewards run on one long-lived
-        loop); a caller that closes its loop, as ``asyncio.run`` does, should ``await aclose()`` first."""
-        return (await self._ajudge(question, reference, prediction)).verdict
 
     def score_many(self, items: Sequence[Item]) -> list[int | None]:
         """Scores in the order of ``items``, judged on up to ``max_concurrency`` threads; an item repeated in
@@ -618,19 +539,8 @@ class LLMJudge(Judge):
             return []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
             outcomes = dict(zip(unique, pool.map(lambda item: self._judge(*item), unique), strict=True))
-        return self._spread(items, outcomes)
-
-    async def ascore_many(self, items: Sequence[Item]) -> list[int | None]:
-        """:meth:`score_many` on the async client (at most ``max_concurrency`` requests in flight)."""
-        unique = _unique(items)
-        outcomes = dict(zip(unique, await asyncio.gather(*(self._ajudge(*item) for item in unique)), strict=True))
-        return self._spread(items, outcomes)
-
-    def _spread(self, items: Sequence[Item], outcomes: dict[Item, _Outcome]) -> list[int | None]:
-        """The verdicts of ``items`` in order; a repeat counts as a call answered like its first occurrence: an
-        empty prediction, a cache hit or a failure for the same reason."""
         repeats = Counter(tuple(item) for item in items)
-        for item, outcome in outcomes.items():
+        for item, outcome in outcomes.items():  # a repeat is a call answered like its first occurrence
             extra = repeats[item] - 1
             if extra <= 0:
                 continue
@@ -644,17 +554,9 @@ class LLMJudge(Judge):
         return [outcomes[tuple(item)].verdict for item in items]
 
     def close(self) -> None:
-        """Close the sync client and the cache file (async clients close with :meth:`aclose`)."""
+        """Close the client (and its HTTP connections) and the cache file."""
         self._client.close()
         self.cache.close()
-
-    async def aclose(self) -> None:
-        """Close the async client of the running event loop."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            resources = self._async.pop(loop, None)
-        if resources is not None:
-            await resources[0].close()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ Wire format (mirrors the OpenAI API as read by ``openai`` 3.52.0):
   ``usage`` -- and finally ``data: [DONE]``;
 * errors: ``{"error": {"message", "type", "code"}}`` with the scripted status
   (and a ``retry-after`` header when :attr:`Reply.retry_after` is set).
+
+Malformed replies, for clients that must survive a broken server or proxy:
+
+* ``Reply(body=b"{not json")``: the scripted status (200) with exactly that body
+  (``str``/``bytes`` as is, a ``dict``/``list`` JSON-encoded, e.g. a completion
+  without ``choices``) under ``content_type`` (``application/json``);
+* ``Reply(content=None)``: a completion whose ``message.content`` is ``null``;
+* ``Reply(headers={"retry-after-ms": "1"})``: extra headers on any response.
 """
 
 from __future__ import annotations
@@ -51,9 +59,10 @@ class Reply:
 
     ``status != 200`` produces an OpenAI-style JSON error; its message is
     ``content`` when given, else a generic "scripted <status> error".
+    ``body`` replaces the whole response body (see the module docstring).
     """
 
-    content: str = ""
+    content: str | None = ""
     status: int = 200
     delay_s: float = 0.0
     finish_reason: str = "stop"
@@ -61,6 +70,9 @@ class Reply:
     prompt_tokens: int | None = None
     retry_after: float | int | str | None = None
     chunk_delay_s: float = 0.0  # pause between streamed chunks (slow-stream tests)
+    body: str | bytes | dict | list | None = None  # the raw response body, sent instead of the usual one
+    content_type: str = "application/json"  # of ``body``
+    headers: dict[str, str] | None = None  # extra response headers
 
 
 Responses = Union[Iterable[Union[str, Reply]], Callable[[dict], Union[str, Reply]]]
@@ -200,9 +212,11 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send_json(self, status: int, payload: dict, extra_headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_raw(status, json.dumps(payload).encode(), "application/json", extra_headers)
+
+    def _send_raw(self, status: int, data: bytes, content_type: str, extra_headers: dict | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-request-id", f"req-{uuid.uuid4().hex[:12]}")
         for key, value in (extra_headers or {}).items():
@@ -270,10 +284,20 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay_s > 0 and owner._stopping.wait(reply.delay_s):
             self.close_connection = True
             return
+        extra = dict(reply.headers or {})
+        if reply.body is not None:
+            data = reply.body
+            if isinstance(data, (dict, list)):
+                data = json.dumps(data)
+            if isinstance(data, str):
+                data = data.encode()
+            self._send_raw(reply.status, data, reply.content_type, extra)
+            return
         if reply.status != 200:
-            extra = {"retry-after": reply.retry_after} if reply.retry_after is not None else None
+            if reply.retry_after is not None:
+                extra["retry-after"] = reply.retry_after
             message = reply.content or f"scripted {reply.status} error"
-            self._send_error_json(reply.status, message, extra=extra)
+            self._send_error_json(reply.status, message, extra=extra or None)
             return
 
         model = body.get("model") or owner.model
@@ -285,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             else sum(_count_pieces(t) for t in _message_texts(body))
         )
         completion_tokens = (
-            reply.completion_tokens if reply.completion_tokens is not None else _count_pieces(reply.content)
+            reply.completion_tokens if reply.completion_tokens is not None else _count_pieces(reply.content or "")
         )
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -311,6 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ],
                     "usage": usage,
                 },
+                extra or None,
             )
             return
 
@@ -334,8 +359,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         events: list[dict] = [chunk([choice({"role": "assistant"})])]
         size = max(1, owner.chunk_size)
-        for start in range(0, len(reply.content), size):
-            events.append(chunk([choice({"content": reply.content[start : start + size]})]))
+        content = reply.content or ""
+        for start in range(0, len(content), size):
+            events.append(chunk([choice({"content": content[start : start + size]})]))
         events.append(chunk([choice({}, reply.finish_reason)]))
         if include_usage:
             events.append(chunk([], usage))
@@ -345,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", f"req-{uuid.uuid4().hex[:12]}")
+        for key, value in extra.items():
+            self.send_header(key, str(value))
         self.end_headers()
         for index, event in enumerate(events):
             if index and reply.chunk_delay_s > 0 and owner._stopping.wait(reply.chunk_delay_s):
