@@ -7,6 +7,7 @@ importing transformers, so the app and the evaluation can report token costs for
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 #: Refuse images with more pixels than this (checked from the header, before decoding).
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -43,7 +44,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
     """
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels)
-        return _to_rgb(_decode(source, "The image"))
+        return _decode_rgb(source, "The image", max_pixels, owned=False)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = "The uploaded data"
@@ -67,26 +68,43 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
         raise ImageError(
             f"{name} is not an image this app can read. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image."
         ) from exc
+    except Exception as exc:
+        # A plugin recognised the format, then met a damaged header: Pillow raises a dozen types for that.
+        raise _damaged(name, exc) from exc
     _check_size(image.size, max_pixels)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Another library switched Pillow to padding truncated files with grey, so a damaged upload could no
         # longer be told from a complete one.
         raise ImageError("Pillow is set to accept truncated images; refusing to guess the missing pixels.")
-    return _to_rgb(_decode(image, name))
+    return _decode_rgb(image, name, max_pixels, owned=True)
 
 
-def _decode(image: Image.Image, name: str) -> Image.Image:
-    """Decode the first frame fully, turning truncation and decoder errors into ``ImageError``."""
+def _decode_rgb(image: Image.Image, name: str, max_pixels: int, *, owned: bool) -> Image.Image:
+    """Decode the first frame and make it RGB, turning every decoder error into ``ImageError``.
+
+    ``owned`` images were opened here, so their pixels may be freed as soon as the 8-bit copy exists.
+    """
     try:
         image = _first_frame(image)
+        _check_size(image.size, max_pixels)  # a PIL image seeked back to its first frame can change size
         image.load()
+        return _to_rgb(image, owned=owned)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(
-            f"{name} is truncated or damaged and cannot be decoded ({exc}). Upload the complete file."
-        ) from exc
-    return image
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_too_large_message(None, max_pixels)) from exc
+    except Exception as exc:
+        # Damaged data fails deep inside Pillow's decoders with OSError, SyntaxError, struct.error, EOFError,
+        # ValueError, TypeError, IndexError, KeyError, ZeroDivisionError or MemoryError (an absurd header), so no
+        # fixed list is complete. KeyboardInterrupt and other BaseExceptions still pass.
+        raise _damaged(name, exc) from exc
+
+
+def _damaged(name: str, exc: Exception) -> ImageError:
+    detail = str(exc) or type(exc).__name__
+    if len(detail) > 200:
+        detail = detail[:200] + "…"
+    return ImageError(f"{name} is truncated or damaged and cannot be decoded ({detail}). Upload the complete file.")
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -111,16 +129,14 @@ def _first_frame(image: Image.Image) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, *, owned: bool = False) -> Image.Image:
     """Upright, 8-bit RGB with any alpha flattened onto white."""
-    image = ImageOps.exif_transpose(image)
     mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return _wide_grey_to_rgb(image, owned=owned)
+    image = ImageOps.exif_transpose(image)
     if mode == "RGB":
         return image
-    if mode.startswith("I") or mode == "F":
-        # I;16* modes are 16-bit by definition: scale by 65535 even when every value happens to be <= 255.
-        top = 65535 if mode.startswith("I;16") else None
-        return Image.fromarray(_to_uint8(np.asarray(image), top), "L").convert("RGB")
     try:
         if (mode == "P" and "transparency" in image.info) or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
             rgba = image.convert("RGBA")
@@ -131,20 +147,84 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError(f"Images in the {mode} colour mode are not supported ({exc}). Save it as an RGB PNG or JPEG.") from exc
 
 
-def _to_uint8(values: np.ndarray, top: int | None = None) -> np.ndarray:
-    """Scale a 16/32-bit integer or float greyscale array to 0..255; ``top`` is the known full-scale value."""
-    if values.dtype.kind == "f":
-        values = np.nan_to_num(values.astype(np.float64))
-        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
-        return np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+# --- 16/32-bit and float greyscale -----------------------------------------------------------------------------
+
+#: Pixels per strip when scaling a wide greyscale image: the temporaries stay a few MB whatever the image size.
+STRIP_PIXELS = 1 << 18
+
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _wide_grey_to_rgb(image: Image.Image, *, owned: bool) -> Image.Image:
+    """A 16/32-bit integer or float greyscale image as 8-bit RGB, never holding a full-size wide copy.
+
+    Scaling is per pixel, so the EXIF rotation (as ``ImageOps.exif_transpose`` reads it) is applied to the 8-bit
+    result: the same picture as rotating first, without a second copy of the wide source.
+    """
+    method = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    grey = Image.fromarray(_grey_to_uint8(image), "L")
+    if owned:
+        image.close()  # the wide source is no longer needed: free it before the RGB copy is made
+    if method is not None:
+        grey = grey.transpose(method)
+    return grey.convert("RGB")
+
+
+def _strips(image: Image.Image):
+    """``(top, bottom, pixels)`` for horizontal strips of about ``STRIP_PIXELS`` pixels, top to bottom."""
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        yield top, bottom, np.asarray(image.crop((0, top, width, bottom)))
+
+
+def _grey_to_uint8(image: Image.Image) -> np.ndarray:
+    """Scale a 16/32-bit integer or float greyscale image to 0..255, one strip at a time.
+
+    The rules: I;16* modes are 16-bit by definition and scale by 65535 even when every value happens to be <= 255;
+    float images scale by 1.0 when no value is above 1, else by 255, clipped, NaN as 0; other integer images keep
+    values up to 255 and otherwise scale by 65535, or by their peak when it is higher. Where the scale depends on
+    the peak, a first pass finds it.
+    """
+    if image.mode == "F":
+        # np.fmax ignores NaN; starting from 0, the peak is above 1 exactly when the NaN-as-0 maximum is.
+        peak = max(float(np.fmax.reduce(strip, axis=None, initial=0.0)) for _, _, strip in _strips(image))
+        convert = functools.partial(_scale_float, scale=1.0 if peak <= 1.0 else 255.0)
+    elif image.mode.startswith("I;16"):
+        convert = functools.partial(_scale_int, scale=65535)
+    else:
+        peak = max(int(strip.max(initial=0)) for _, _, strip in _strips(image))
+        convert = functools.partial(_scale_int, scale=None if peak <= 255 else 65535 if peak <= 65535 else peak)
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    for top, bottom, strip in _strips(image):
+        out[top:bottom] = convert(strip)
+    return out
+
+
+def _scale_float(values: np.ndarray, scale: float) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64), copy=False)
+    with np.errstate(over="ignore"):  # +inf became the largest float64; * 255 may overflow, and then clips to 255
+        values /= scale
+        values *= 255.0
+    return np.clip(values, 0, 255, out=values).round(out=values)
+
+
+def _scale_int(values: np.ndarray, scale: int | None) -> np.ndarray:
     values = values.astype(np.int64)
-    if top is not None:
-        return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
-    peak = values.max(initial=0)
-    if peak <= 255:
-        return np.clip(values, 0, 255).astype(np.uint8)
-    top = 65535 if peak <= 65535 else int(peak)
-    return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
+    if scale is not None:
+        values *= 255
+        values //= scale
+    return np.clip(values, 0, 255, out=values)
 
 
 # --- Views -----------------------------------------------------------------------------------------------------

@@ -393,6 +393,8 @@ def check_tool_call(body: str) -> str | None:
         return f"The tool call is not valid JSON: {exc}"
     except ValueError as exc:
         return str(exc)
+    except RecursionError:  # "[[[[…" a thousand deep: the model's text must not crash the parser
+        return "The tool call is not valid JSON: it is nested too deeply"
     if not isinstance(call, dict):
         return 'The tool call must be a JSON object with "name" and "arguments"'
     if set(call) != {"name", "arguments"}:

@@ -12,8 +12,9 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
+from visionthink import images
 from visionthink.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageError,
@@ -230,6 +231,287 @@ def test_image_error_is_a_value_error():
     assert issubclass(ImageError, ValueError)
 
 
+# --- damaged files: every decoder error is an ImageError for a person -----------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DAMAGED = "is truncated or damaged and cannot be decoded"
+NOT_AN_IMAGE = "is not an image this app can read"
+
+
+def assert_refused_for_a_person(data: bytes, **kwargs) -> str:
+    """``load_image`` refuses ``data`` with one of the two messages for a damaged upload; returns the message."""
+    with pytest.raises(ImageError) as info:
+        load_image(data, **kwargs)
+    message = str(info.value)
+    assert (DAMAGED in message and "Upload the complete file" in message) or NOT_AN_IMAGE in message, message
+    return message
+
+
+def png_ihdr(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
+    return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+
+
+def tiff(width: int, height: int, *, strip_offset: int | None = None, strip_bytes: int | None = None,
+         ifd_offset: int = 8, pixels: bytes = b"") -> bytes:
+    """A little-endian 8-bit greyscale TIFF with one strip, its tags written by hand so they can lie.
+
+    ``pixels`` follow the directory; the strip offset and byte count default to them.
+    """
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+               (278, 4, height), (279, 4, len(pixels) if strip_bytes is None else strip_bytes)]
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    entries[5] = (273, 4, data_offset if strip_offset is None else strip_offset)
+    directory = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                           for tag, kind, value in entries) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", ifd_offset) + directory + pixels
+
+
+def test_hand_made_tiff_helper_is_a_valid_tiff():
+    # Guard for the damaged-TIFF tests below: with honest tags the helper writes a file Pillow decodes.
+    pixels = bytes(range(64))
+    image = load_image(tiff(8, 8, pixels=pixels))
+    assert_rgb(image, (8, 8))
+    assert np.array_equal(np.asarray(image)[..., 0], np.frombuffer(pixels, np.uint8).reshape(8, 8))
+
+
+def test_twenty_byte_fake_png():
+    # The audit's file: the PNG signature, the start of an IHDR chunk, and nothing else. It used to escape as a raw
+    # "OSError: Truncated File Read" (a traceback in the CLI, a bare "Error" on the web page).
+    data = PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR" + struct.pack(">I", 640)
+    assert len(data) == 20
+    message = assert_refused_for_a_person(data)
+    assert message.startswith("The uploaded data is truncated or damaged")
+
+
+def test_twenty_byte_fake_png_file_names_the_file(tmp_path):
+    path = tmp_path / "holiday.png"
+    path.write_bytes(PNG_SIGNATURE + b"0123456789ab")
+    with pytest.raises(ImageError, match=DAMAGED) as info:
+        load_image(path)
+    assert "holiday.png" in str(info.value)
+
+
+def _valid_files() -> dict[str, bytes]:
+    noise = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    rgb = Image.fromarray(noise)
+    return {
+        "PNG": encode(rgb, "PNG"),
+        "JPEG": encode(rgb, "JPEG", quality=90),
+        "GIF": encode(rgb, "GIF"),
+        "TIFF": encode(rgb, "TIFF"),
+        "WEBP": encode(rgb, "WEBP"),
+        "BMP": encode(rgb, "BMP"),
+        "16-bit PNG": encode(Image.fromarray(noise[..., 0].astype(np.uint16) * 257), "PNG"),
+        "float TIFF": encode(Image.fromarray(noise[..., 0].astype(np.float32) / 255), "TIFF",
+                             compression="tiff_adobe_deflate"),
+    }
+
+
+#: Pillow warns about each cut-off EXIF block it meets; the refusal is what these tests check.
+quiet_pillow = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
+
+
+@quiet_pillow
+@pytest.mark.parametrize("fmt", list(_valid_files()))
+def test_truncated_headers_are_refused_for_a_person(fmt):
+    data = _valid_files()[fmt]
+    for size in range(1, 64):  # every cut inside the header
+        assert_refused_for_a_person(data[:size])
+
+
+@quiet_pillow
+@pytest.mark.parametrize("fmt", list(_valid_files()))
+def test_every_truncation_is_refused_or_loads_as_rgb(fmt):
+    data = _valid_files()[fmt]
+    for size in range(1, len(data)):
+        try:
+            image = load_image(data[:size])
+        except ImageError as exc:
+            message = str(exc)
+            assert (DAMAGED in message and "Upload the complete file" in message) or NOT_AN_IMAGE in message, message
+        else:  # a few cuts lose only trailing metadata (a GIF trailer, the end of a TIFF directory)
+            assert image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("what", "data"),
+    [
+        ("IHDR cut short", PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">II", 64, 64))
+         + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b"")),
+        ("IHDR with a wrong CRC", PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR"
+         + struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0) + b"\0\0\0\0" + _png_chunk(b"IEND", b"")),
+        ("IHDR with bit depth 7", PNG_SIGNATURE + png_ihdr(64, 64, depth=7)
+         + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b"")),
+        ("IHDR with colour type 5", PNG_SIGNATURE + png_ihdr(64, 64, colour=5)
+         + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b"")),
+        ("IDAT that is not zlib", PNG_SIGNATURE + png_ihdr(64, 64) + _png_chunk(b"IDAT", b"garbage" * 20)
+         + _png_chunk(b"IEND", b"")),
+        ("IDAT too short for the IHDR size", PNG_SIGNATURE + png_ihdr(64, 64)
+         + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _png_chunk(b"IEND", b"")),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "file",
+)
+def test_png_with_corrupt_chunks(what, data):
+    assert_refused_for_a_person(data)
+
+
+@quiet_pillow
+@pytest.mark.parametrize(
+    ("what", "data"),
+    [
+        ("strip offset past the end", tiff(64, 64, strip_offset=10_000_000, strip_bytes=64 * 64)),
+        ("strip shorter than its byte count", tiff(64, 64, strip_bytes=64 * 64, pixels=b"\x80" * 100)),
+        ("absurd strip byte count", tiff(64, 64, strip_bytes=0xFFFFFFF0, pixels=b"\x80" * 100)),
+        ("directory offset past the end", tiff(64, 64, ifd_offset=10_000_000, pixels=b"\x80" * 4096)),
+        ("directory offset inside the header", tiff(64, 64, ifd_offset=2, pixels=b"\x80" * 4096)),
+        ("zero width", tiff(0, 64, pixels=b"\x80" * 64)),
+        ("cut inside the directory", tiff(64, 64, pixels=b"\x80" * 4096)[:40]),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "file",
+)
+def test_tiff_with_bogus_offsets(what, data):
+    with pytest.raises(ImageError) as info:
+        load_image(data)
+    message = str(info.value)
+    assert DAMAGED in message or NOT_AN_IMAGE in message or "has no pixels" in message, message
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "JPEG"])  # not BMP: its raw pixels can be any bytes
+def test_other_formats_with_garbage_after_the_header(fmt):
+    data = _valid_files()[fmt]
+    garbage = np.random.default_rng(4).integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    cut = {"GIF": 13, "WEBP": 30, "JPEG": 20}[fmt]  # the fixed header each format starts with
+    assert_refused_for_a_person(data[:cut] + garbage[cut:])
+
+
+DECODER_ERRORS = [
+    OSError("image file is truncated"),
+    SyntaxError("broken PNG file"),
+    struct.error("unpack requires a buffer of 4 bytes"),
+    EOFError(),
+    ValueError("tile cannot extend outside image"),
+    TypeError("'IFDRational' object cannot be interpreted as an integer"),
+    IndexError("list index out of range"),
+    KeyError(273),
+    ZeroDivisionError("division by zero"),
+    MemoryError(),
+    RecursionError("maximum recursion depth exceeded"),
+]
+
+
+@pytest.mark.parametrize("error", DECODER_ERRORS, ids=lambda e: type(e).__name__)
+def test_any_decoder_error_becomes_an_image_error(monkeypatch, error):
+    data = encode(Image.new("RGB", (8, 8), RED), "PNG")
+
+    def broken_load(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageError, match=DAMAGED) as info:
+        load_image(data)
+    assert info.value.__cause__ is error
+    assert "Upload the complete file" in str(info.value)
+    assert "()" not in str(info.value)  # an error with no text is named, not shown as "()"
+
+
+@pytest.mark.parametrize("error", DECODER_ERRORS, ids=lambda e: type(e).__name__)
+def test_any_error_while_opening_becomes_an_image_error(monkeypatch, error):
+    def broken_open(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image, "open", broken_open)
+    with pytest.raises(ImageError, match=DAMAGED) as info:
+        load_image(b"\x89PNG\r\n\x1a\nanything")
+    assert info.value.__cause__ is error
+
+
+def test_decoder_error_of_a_pil_image_becomes_an_image_error(monkeypatch):
+    image = Image.open(io.BytesIO(encode(Image.new("RGB", (8, 8), RED), "PNG")))
+
+    def broken_load(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageError, match="The image is truncated or damaged"):
+        load_image(image)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)], ids=lambda e: type(e).__name__)
+def test_interrupts_are_not_swallowed(monkeypatch, error):
+    data = encode(Image.new("RGB", (8, 8), RED), "PNG")
+
+    def interrupted(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", interrupted)
+    with pytest.raises(type(error)):
+        load_image(data)
+    monkeypatch.undo()
+    monkeypatch.setattr(Image, "open", lambda *a, **k: (_ for _ in ()).throw(error))
+    with pytest.raises(type(error)):
+        load_image(data)
+
+
+def test_image_error_from_inside_passes_unchanged(monkeypatch):
+    data = encode(Image.new("RGB", (8, 8), RED), "PNG")
+    own = ImageError("The image is in a colour mode nobody supports. Save it as PNG.")
+
+    def refusing_load(self):
+        raise own
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refusing_load)
+    with pytest.raises(ImageError) as info:
+        load_image(data)
+    assert info.value is own
+
+
+def test_long_decoder_messages_are_shortened(monkeypatch):
+    def chatty_load(self):
+        raise OSError("x" * 5000)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", chatty_load)
+    with pytest.raises(ImageError, match=DAMAGED) as info:
+        load_image(encode(Image.new("RGB", (8, 8), RED), "PNG"))
+    assert len(str(info.value)) < 400
+
+
+# --- the size limit comes from the header, whatever follows it -------------------------------------------------
+
+
+HEADER_ONLY_BIG_FILES = {
+    # 7000x7000 claimed by the header; what should hold the 49 million pixels is missing or garbage.
+    "PNG, IDAT announced but missing": PNG_SIGNATURE + png_ihdr(7000, 7000) + struct.pack(">I", 10_000_000) + b"IDAT",
+    "PNG, IDAT of garbage": PNG_SIGNATURE + png_ihdr(7000, 7000) + _png_chunk(b"IDAT", b"\x13\x37" * 2000),
+    "16-bit PNG, IDAT of garbage": PNG_SIGNATURE + png_ihdr(7000, 7000, depth=16, colour=0)
+    + _png_chunk(b"IDAT", b"\xff" * 4000),
+    "TIFF, strip past the end": tiff(7000, 7000, strip_offset=1_000_000, strip_bytes=7000 * 7000),
+    "TIFF, strip of garbage": tiff(7000, 7000, strip_bytes=7000 * 7000, pixels=b"\x13\x37" * 2000),
+}
+
+
+@pytest.mark.parametrize("what", list(HEADER_ONLY_BIG_FILES))
+def test_size_limit_is_checked_from_the_header_before_any_pixel(what, load_spy):
+    data = HEADER_ONLY_BIG_FILES[what]
+    assert len(data) < 10_000
+    with pytest.raises(ImageError, match="too large") as info:
+        load_image(data, max_pixels=1_000_000)
+    message = str(info.value)
+    assert "7000x7000 pixels (49.0 MP)" in message and "limit of 1 MP" in message
+    assert DAMAGED not in message  # refused for its size, not discovered to be truncated while decoding
+    assert load_spy == []
+
+
+def test_size_limit_of_a_hand_made_tiff_is_exact(load_spy):
+    header = tiff(1000, 1000, strip_offset=1_000_000, strip_bytes=1000 * 1000)
+    with pytest.raises(ImageError, match="1000x1000"):
+        load_image(header, max_pixels=999_999)
+    assert load_spy == []
+    # At the limit the header passes, so the missing strip is found by decoding: damaged, not too large.
+    with pytest.raises(ImageError, match=DAMAGED):
+        load_image(header, max_pixels=1_000_000)
+    assert load_spy
+
+
 # --- accepted inputs and colour conversion --------------------------------------------------------------------
 
 
@@ -421,6 +703,140 @@ def test_other_formats_load():
         image = load_image(encode(source, fmt, **({"lossless": True} if fmt == "WEBP" else {})))
         assert_rgb(image, (16, 8))
         assert close(image.getpixel((4, 4)), GREEN, 2), fmt
+
+
+# --- 16/32-bit and float greyscale, scaled strip by strip -------------------------------------------------------
+
+
+def reference_to_uint8(values: np.ndarray, top: int | None = None) -> np.ndarray:
+    """The whole-image conversion ``load_image`` used before it worked in strips (kept as the oracle)."""
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values.astype(np.float64))
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        with np.errstate(over="ignore"):
+            return np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+    values = values.astype(np.int64)
+    if top is not None:
+        return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
+    peak = values.max(initial=0)
+    if peak <= 255:
+        return np.clip(values, 0, 255).astype(np.uint8)
+    top = 65535 if peak <= 65535 else int(peak)
+    return np.clip(values * 255 // top, 0, 255).astype(np.uint8)
+
+
+def reference_rgb(image: Image.Image) -> np.ndarray:
+    """What the old ``load_image`` gave for a wide greyscale image: rotate, scale the whole array, grey to RGB."""
+    image = ImageOps.exif_transpose(image)
+    top = 65535 if image.mode.startswith("I;16") else None
+    grey = reference_to_uint8(np.asarray(image), top)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def wide_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    shape = (37, 53)
+    unit = rng.random(shape, dtype=np.float32)
+    wide = (rng.standard_normal(shape) * 300).astype(np.float32)
+    wide[0, 0], wide[1, 1], wide[2, 2] = np.nan, np.inf, -np.inf
+    unit_nan = unit.copy()
+    unit_nan[3, 3] = np.nan
+    halves = (np.arange(37 * 53) / (37 * 53 - 1)).astype(np.float32).reshape(shape)  # k/255 + 0.5 ties included
+    return {
+        "I;16 full range": rng.integers(0, 65536, shape, dtype=np.uint16),
+        "I;16 dark (all <= 255)": rng.integers(0, 256, shape, dtype=np.uint16),
+        "I;16B": rng.integers(0, 65536, shape).astype(">u2"),
+        "I up to 255, negatives": rng.integers(-50, 256, shape, dtype=np.int32),
+        "I up to 65535": rng.integers(-50, 65536, shape, dtype=np.int32),
+        "I full int32": rng.integers(-(2**31), 2**31 - 1, shape, dtype=np.int32),
+        "F in [0, 1]": unit,
+        "F in [0, 1] with NaN": unit_nan,
+        "F wide with NaN and infinities": wide,
+        "F all NaN": np.full(shape, np.nan, np.float32),
+        "F negative": -unit,
+        "F ramp": halves,
+        "F ramp x 255": halves * 255,
+    }
+
+
+@pytest.mark.parametrize("strip_pixels", [7, 53, 54, 1000, 1 << 18])  # one row, exact rows, a partial last strip
+@pytest.mark.parametrize("what", list(wide_arrays()))
+def test_strip_conversion_matches_the_whole_image_conversion(monkeypatch, what, strip_pixels):
+    monkeypatch.setattr(images, "STRIP_PIXELS", strip_pixels)
+    source = Image.fromarray(wide_arrays()[what])
+    assert source.mode == what.split()[0]
+    image = load_image(source)
+    assert_rgb(image, (53, 37))
+    assert np.array_equal(np.asarray(image), reference_rgb(source))
+    np.asarray(source)  # a PIL image handed in is the caller's: still usable afterwards
+
+
+@pytest.mark.parametrize(
+    ("what", "array", "fmt", "options"),
+    [
+        ("16-bit PNG", np.random.default_rng(6).integers(0, 65536, (61, 83), dtype=np.uint16), "PNG", {}),
+        ("16-bit TIFF", np.random.default_rng(7).integers(0, 65536, (61, 83), dtype=np.uint16), "TIFF", {}),
+        ("32-bit TIFF", np.random.default_rng(8).integers(0, 100_000, (61, 83), dtype=np.int32), "TIFF", {}),
+        ("float TIFF, deflate", np.random.default_rng(9).random((61, 83), dtype=np.float32) * 3, "TIFF",
+         {"compression": "tiff_adobe_deflate"}),
+        ("float TIFF in [0, 1]", np.random.default_rng(10).random((61, 83), dtype=np.float32), "TIFF", {}),
+    ],
+)
+def test_wide_files_match_the_whole_image_conversion(monkeypatch, what, array, fmt, options):
+    monkeypatch.setattr(images, "STRIP_PIXELS", 500)
+    data = encode(Image.fromarray(array), fmt, **options)
+    image = load_image(data)
+    assert_rgb(image, (83, 61))
+    assert np.array_equal(np.asarray(image), reference_rgb(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 5, 6, 8])
+def test_rotated_16_bit_png_matches_rotating_first(monkeypatch, orientation):
+    monkeypatch.setattr(images, "STRIP_PIXELS", 100)
+    array = np.random.default_rng(11).integers(0, 65536, (30, 50), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(array), "PNG", exif=exif)
+    image = load_image(data)
+    expected = reference_rgb(Image.open(io.BytesIO(data)))
+    assert image.size == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(np.asarray(image), expected)
+
+
+def test_rotated_16_bit_tiff_is_rotated_once():
+    array = np.zeros((20, 40), dtype=np.uint16)
+    array[:5, :5] = 65535  # a white corner, stored top-left
+    data = encode(Image.fromarray(array), "TIFF", tiffinfo={0x0112: 6})  # rotate 90° clockwise to view
+    image = load_image(data)
+    assert_rgb(image, (20, 40))
+    assert image.getpixel((17, 2)) == WHITE  # stored top-left lands top-right
+    assert image.getpixel((2, 2)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("what", "array", "fmt", "options"),
+    [
+        ("float TIFF", np.random.default_rng(12).random((512, 2048), dtype=np.float32) * 4, "TIFF",
+         {"compression": "tiff_adobe_deflate"}),
+        ("16-bit PNG", np.random.default_rng(13).integers(0, 65536, (512, 2048), dtype=np.uint16), "PNG", {}),
+        ("32-bit TIFF", np.random.default_rng(14).integers(0, 100_000, (512, 2048), dtype=np.int32), "TIFF", {}),
+    ],
+)
+def test_wide_images_are_scaled_without_a_full_size_wide_copy(monkeypatch, what, array, fmt, options):
+    # tracemalloc sees numpy's buffers (Pillow's own pixels are outside it): the whole-image conversion made float64
+    # or int64 copies of the image, 24 bytes a pixel at its peak; strips keep to the 1-byte result, one strip and
+    # what the decoder reads.
+    monkeypatch.setattr(images, "STRIP_PIXELS", 1 << 16)
+    data = encode(Image.fromarray(array), fmt, **options)
+    pixels = array.size
+    tracemalloc.start()
+    try:
+        image = load_image(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_rgb(image, (2048, 512))
+    assert peak < 3 * pixels, f"{peak / pixels:.1f} bytes a pixel"
 
 
 # --- views -----------------------------------------------------------------------------------------------------
