@@ -1,25 +1,26 @@
 """The store's API: what the app and ``train/`` may do with stored answers and ratings, and who may do it.
 
 Every call takes an ``Actor``; roles are checked here, not only by hiding parts of the page. No SQLAlchemy object
-leaves this module: callers get plain dataclasses.
+leaves this module: callers get plain dataclasses. Every text written goes through ``visionthink.text`` first, so
+SQLite and PostgreSQL keep the same text and neither refuses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 
 from PIL import Image as PILImage
-from sqlalchemy import distinct, func, select
+from sqlalchemy import delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store.consensus import Consensus, Vote, consensus, normalise
-from store.db import Database, StoreError
+from store.db import Database, StoreError, StoreFailure, StoreUnavailable
 from store.models import (
     DECISIONS,
     ROLES,
@@ -36,9 +37,15 @@ from store.models import (
 )
 from visionthink.engine import Answer
 from visionthink.images import TokenReport
+from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS, TextError, bounded_text, clean_text
 
-MAX_TEXT = 10_000
+#: The longest question ``record`` stores, unless ``Store`` is given another (``Settings.max_question_chars``).
+DEFAULT_MAX_QUESTION_CHARS = MAX_QUESTION_CHARS
+#: The longest reference answer, comment or model note the store takes, unless ``Store`` is given another.
+DEFAULT_MAX_TEXT_CHARS = MAX_TEXT_CHARS
 LATEST_RATINGS = 50
+#: Answers deleted per transaction by ``purge_unconsented``, so a big purge never holds one giant transaction.
+PURGE_BATCH = 500
 
 
 class PermissionDenied(StoreError):
@@ -72,7 +79,8 @@ class Actor:
 
     @property
     def rater(self) -> str:
-        return self.name if self.name else f"anon:{self.session or 'unknown'}"
+        """The name stored and compared as ``asked_by`` and ``rater``, cleaned like every stored text."""
+        return clean_text(self.name) if self.name else f"anon:{clean_text(self.session) or 'unknown'}"
 
     @property
     def signed_in(self) -> bool:
@@ -188,6 +196,18 @@ class Dashboard:
 
 
 @dataclass(frozen=True)
+class PurgeReport:
+    """What ``Store.purge_unconsented`` deleted."""
+
+    asks: int = 0
+    ratings: int = 0
+    skips: int = 0
+    judgements: int = 0
+    images: int = 0
+    image_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class ConsensusItem:
     """An answer with its consensus and the votes behind it, as exports need it."""
 
@@ -201,15 +221,25 @@ class ConsensusItem:
 
 
 class Store:
-    """All reads and writes of stored answers and ratings."""
+    """All reads and writes of stored answers and ratings.
+
+    ``max_question_chars`` bounds the question ``record`` stores; ``max_text_chars`` bounds reference answers,
+    comments and model notes. Longer texts are refused with a ``StoreError`` before anything is written.
+    """
 
     def __init__(self, url: str, *, ratings_per_item: int = 2, anonymous_thumbs: bool = False,
-                 upgrade: bool = True) -> None:
+                 upgrade: bool = True, max_question_chars: int = DEFAULT_MAX_QUESTION_CHARS,
+                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> None:
         if ratings_per_item < 1:
             raise StoreError(f"VISIONTHINK_RATINGS_PER_ITEM must be at least 1, not {ratings_per_item}.")
+        for name, value in (("max_question_chars", max_question_chars), ("max_text_chars", max_text_chars)):
+            if value < 1:
+                raise StoreError(f"The store's {name} must be at least 1, not {value}.")
         self.db = Database(url)
         self.ratings_per_item = ratings_per_item
         self.anonymous_thumbs = anonymous_thumbs
+        self.max_question_chars = max_question_chars
+        self.max_text_chars = max_text_chars
         if upgrade:
             self.db.upgrade()
 
@@ -223,6 +253,7 @@ class Store:
         with self.db.write() as s:
             existing = {u.name: u for u in s.scalars(select(User))}
             for name, role in users:
+                name = _bounded(name, _length(User.name), "user name")
                 if role not in ROLES:
                     raise StoreError(f"User {name!r} has unknown role {role!r}; roles are {', '.join(ROLES)}.")
                 if name in existing:
@@ -230,9 +261,12 @@ class Store:
                     continue
                 try:
                     with s.begin_nested():
-                        s.add(User(name=name, role=role))
+                        user = User(name=name, role=role)
+                        s.add(user)
                 except IntegrityError:  # another replica, starting at the same moment, added them first
-                    s.scalars(select(User).where(User.name == name)).one().role = role
+                    user = s.scalars(select(User).where(User.name == name)).one()
+                    user.role = role
+                existing[name] = user
 
     def users(self) -> list[tuple[str, str]]:
         with self.db.read() as s:
@@ -243,6 +277,7 @@ class Store:
     def register_model_version(self, actor: Actor, model_id: str, revision: str = "", source: str = "hub",
                                notes: str = "") -> int:
         require(actor, "admin", to="register model versions")
+        notes = _bounded(notes, self.max_text_chars, "model note")
         with self.db.write() as s:
             version = self._model_version(s, model_id, revision or "", source)
             if notes:
@@ -255,6 +290,9 @@ class Store:
             return [(v.model_id, v.revision, v.source, v.created_at) for v in rows]
 
     def _model_version(self, s: Session, model_id: str, revision: str, source: str) -> ModelVersion:
+        model_id = _bounded(model_id, _length(ModelVersion.model_id), "model id")
+        revision = _bounded(revision, _length(ModelVersion.revision), "model revision")
+        source = _bounded(source, _length(ModelVersion.source), "model source")
         query = select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.revision == revision)
         version = s.scalars(query).first()
         if version is None:
@@ -270,18 +308,22 @@ class Store:
 
     def record(self, answer: Answer, original: PILImage.Image, actor: Actor, *, consent: bool,
                revision: str = "", source: str = "hub") -> int:
-        """Store an answer and its image (as a metadata-free PNG); returns the stored answer's id."""
+        """Store an answer and its image (as a metadata-free PNG); returns the stored answer's id. A question longer
+        than ``max_question_chars`` is refused before anything is written."""
+        question = _bounded(answer.question, self.max_question_chars, "question")
         png = encode_png(original)
         sha = hashlib.sha256(png).hexdigest()
-        turns = [{**t.to_dict(), "prompt_tokens": t.prompt_tokens, "image_tokens": t.image_tokens} for t in answer.turns]
+        turns = clean_json(
+            [{**t.to_dict(), "prompt_tokens": t.prompt_tokens, "image_tokens": t.image_tokens} for t in answer.turns])
+        final = None if answer.answer is None else clean_text(answer.answer)
         t = answer.tokens
         with self.db.write() as s:
             image = self._image(s, sha, png, original.size)
             version = self._model_version(s, answer.model, revision or "", source)
             ask = Ask(
-                image_id=image.id, question=answer.question, question_key=question_key(answer.question),
-                model_version_id=version.id, mode=answer.mode, turns=turns,
-                requested_high_res=answer.requested_high_res, answer=answer.answer, stop_reason=answer.stop_reason,
+                image_id=image.id, question=question, question_key=question_key(question),
+                model_version_id=version.id, mode=clean_text(answer.mode), turns=turns,
+                requested_high_res=answer.requested_high_res, answer=final, stop_reason=clean_text(answer.stop_reason),
                 low_res_tokens=t.low_res, high_res_tokens=t.high_res, used_tokens=t.used, full_res_tokens=t.full_res,
                 saved_tokens=t.saved, latency_s=answer.latency_s, asked_by=actor.rater, consent=bool(consent),
             )
@@ -290,7 +332,8 @@ class Store:
             return ask.id
 
     def _image(self, s: Session, sha: str, png: bytes, size: tuple[int, int]) -> StoredImage:
-        query = select(StoredImage).where(StoredImage.sha256 == sha)
+        # Locked (shared) until the answer is committed, so a concurrent purge cannot delete the image under it.
+        query = select(StoredImage).where(StoredImage.sha256 == sha).with_for_update(read=True, key_share=True)
         image = s.scalars(query).first()
         if image is None:
             try:
@@ -304,18 +347,30 @@ class Store:
     def set_consent(self, actor: Actor, ask_id: int, consent: bool) -> None:
         """The asker (or an admin) changes their mind about training use."""
         with self.db.write() as s:
-            ask = s.get(Ask, ask_id)
-            if ask is None:
-                raise NotFound(f"There is no stored answer #{ask_id}.")
-            if actor.role != "admin" and ask.asked_by != actor.rater:
+            asked_by = self._locked_asker(s, ask_id, for_update=True)
+            if actor.role != "admin" and asked_by != actor.rater:
                 raise PermissionDenied("Only the person who asked, or an admin, may change the consent of an answer.")
-            ask.consent = bool(consent)
+            s.execute(update(Ask).where(Ask.id == ask_id).values(consent=bool(consent)),
+                      execution_options={"synchronize_session": False})
+
+    @staticmethod
+    def _locked_asker(s: Session, ask_id: int, *, for_update: bool = False) -> str:
+        """Who asked ``ask_id``; its row stays locked until the transaction ends (shared, or for updating the ask),
+        so a concurrent purge cannot delete it under a new rating. ``NotFound`` when there is no such answer."""
+        query = select(Ask.asked_by).where(Ask.id == ask_id).with_for_update(read=not for_update, key_share=True)
+        asked_by = s.scalar(query)
+        if asked_by is None:
+            raise NotFound(f"There is no stored answer #{ask_id}.")
+        return asked_by
 
     # --- rating ---
 
     def rate(self, actor: Actor, ask_id: int, *, verdict: str, reference_answer: str | None = None,
              decision: str | None = None, comment: str = "", source: str = "annotation") -> int:
-        """Add a rating; returns its id. Ratings are never overwritten: a later one supersedes."""
+        """Add a rating; returns its id. Ratings are never overwritten: a later one supersedes.
+
+        Thumbs are for rating one's own answers: only the actor who asked may give them.
+        """
         if source not in SOURCES:
             raise StoreError(f"Unknown rating source {source!r}.")
         if source == "annotation":
@@ -328,15 +383,16 @@ class Store:
             raise StoreError(f"The verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}.")
         if decision is not None and decision not in DECISIONS:
             raise StoreError(f"The decision must be one of {', '.join(DECISIONS)}, not {decision!r}.")
-        reference_answer = (reference_answer or "").strip() or None
-        for label, value in (("reference answer", reference_answer or ""), ("comment", comment or "")):
-            if len(value) > MAX_TEXT:
-                raise StoreError(f"The {label} is {len(value)} characters long; the limit is {MAX_TEXT}.")
+        reference_answer = _bounded(clean_text(reference_answer).strip(), self.max_text_chars, "reference answer")
+        comment = _bounded(clean_text(comment).strip(), self.max_text_chars, "comment")
         with self.db.write() as s:
-            if s.get(Ask, ask_id) is None:
-                raise NotFound(f"There is no stored answer #{ask_id}.")
+            asked_by = self._locked_asker(s, ask_id)
+            if source == "thumbs" and asked_by != actor.rater:
+                raise PermissionDenied(
+                    "You can rate only the answers you asked for on this page; annotators rate other answers in the "
+                    "Annotate tab.")
             rating = Rating(ask_id=ask_id, rater=actor.rater, source=source, verdict=verdict,
-                            reference_answer=reference_answer, decision=decision, comment=(comment or "").strip())
+                            reference_answer=reference_answer or None, decision=decision, comment=comment)
             s.add(rating)
             s.flush()
             return rating.id
@@ -344,8 +400,7 @@ class Store:
     def skip(self, actor: Actor, ask_id: int) -> None:
         require(actor, "annotator", "admin", to="work through the annotation queue")
         with self.db.write() as s:
-            if s.get(Ask, ask_id) is None:
-                raise NotFound(f"There is no stored answer #{ask_id}.")
+            self._locked_asker(s, ask_id)
             exists = s.scalars(select(Skip).where(Skip.ask_id == ask_id, Skip.rater == actor.rater)).first()
             if exists is None:
                 try:
@@ -407,6 +462,7 @@ class Store:
 
     def image_png(self, actor: Actor, sha256: str) -> bytes:
         require(actor, "annotator", "admin", to="open stored images")
+        sha256 = clean_text(sha256)
         with self.db.read() as s:
             data = s.scalar(select(StoredImage.data).where(StoredImage.sha256 == sha256))
         if data is None:
@@ -478,6 +534,7 @@ class Store:
     def judge_targets(self, actor: Actor, judge: str, *, rejudge: bool = False) -> list[JudgeTarget]:
         """Answers with a complete human consensus and a reference, that ``judge`` has not scored yet."""
         require(actor, "admin", to="score stored answers with a judge")
+        judge = clean_text(judge)
         with self.db.read() as s:
             votes = self._votes(s)
             done = set() if rejudge else set(s.scalars(select(Judgement.ask_id).where(Judgement.judge == judge)))
@@ -494,10 +551,10 @@ class Store:
         require(actor, "admin", to="store judge verdicts")
         if verdict not in (0, 1, None):
             raise StoreError(f"A judge verdict is 0, 1 or None (failed), not {verdict!r}.")
+        judge = _bounded(judge, _length(Judgement.judge), "judge name")
         with self.db.write() as s:
-            if s.get(Ask, ask_id) is None:
-                raise NotFound(f"There is no stored answer #{ask_id}.")
-            s.add(Judgement(ask_id=ask_id, judge=judge, verdict=verdict, reference_answer=reference_answer))
+            self._locked_asker(s, ask_id)
+            s.add(Judgement(ask_id=ask_id, judge=judge, verdict=verdict, reference_answer=clean_text(reference_answer)))
 
     def _agreement(self, s: Session, verdicts: dict[int, Consensus],
                    versions: dict[int, ModelVersion]) -> list[JudgeAgreement]:
@@ -519,6 +576,62 @@ class Store:
             out.append(JudgeAgreement(judge, version.model_id, version.revision, len(judged), agreement, kappa,
                                       len(items) - len(judged)))
         return out
+
+    # --- retention ---
+
+    def purge_unconsented(self, actor: Actor, *, older_than: datetime) -> PurgeReport:
+        """Delete every answer stored without training consent before ``older_than`` (such answers are never
+        exported), with its ratings, skips and judgements, then every image no answer refers to any more.
+
+        Works in transactions of ``PURGE_BATCH`` answers. Safe while people ask and rate, and while another replica
+        purges: on PostgreSQL each takes answers the other has not locked, and an image gaining a new answer
+        meanwhile is kept.
+        """
+        require(actor, "admin", to="purge stored answers")
+        cutoff = self._db_time(older_than)
+        counts: Counter[str] = Counter()
+        while True:
+            with self.db.write() as s:
+                if not self._purge_asks(s, cutoff, counts):
+                    break
+        after = 0
+        while after is not None:
+            with self.db.write() as s:
+                after = self._purge_images(s, after, counts)
+        return PurgeReport(**counts)
+
+    @staticmethod
+    def _purge_asks(s: Session, cutoff: datetime, counts: Counter[str]) -> int:
+        """Delete one batch of unconsented answers older than ``cutoff`` and what hangs on them; how many."""
+        ids = list(s.scalars(
+            select(Ask.id).where(Ask.consent.is_(False), Ask.created_at < cutoff).order_by(Ask.id)
+            .limit(PURGE_BATCH).with_for_update(skip_locked=True)  # another purge's batch, or an answer being rated
+        ))
+        if ids:
+            quick = {"synchronize_session": False}
+            for model, key in ((Rating, "ratings"), (Skip, "skips"), (Judgement, "judgements")):
+                counts[key] += s.execute(delete(model).where(model.ask_id.in_(ids)), execution_options=quick).rowcount
+            counts["asks"] += s.execute(delete(Ask).where(Ask.id.in_(ids)), execution_options=quick).rowcount
+        return len(ids)
+
+    @staticmethod
+    def _purge_images(s: Session, after: int, counts: Counter[str]) -> int | None:
+        """Delete one batch of images, with ids above ``after``, that no answer refers to; the last id looked at,
+        or None when there were none left."""
+        unused = ~select(Ask.id).where(Ask.image_id == StoredImage.id).exists()
+        rows = s.execute(select(StoredImage.id, StoredImage.byte_size).where(StoredImage.id > after, unused)
+                         .order_by(StoredImage.id).limit(PURGE_BATCH)).all()
+        for image_id, byte_size in rows:
+            try:
+                with s.begin_nested():
+                    gone = s.execute(delete(StoredImage).where(StoredImage.id == image_id, unused),
+                                     execution_options={"synchronize_session": False}).rowcount
+            except IntegrityError:  # someone asked about this image again while we looked: it stays
+                gone = 0
+            if gone:
+                counts["images"] += 1
+                counts["image_bytes"] += byte_size
+        return rows[-1].id if rows else None
 
     # --- export ---
 
@@ -610,6 +723,31 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _bounded(value: str | None, limit: int, what: str) -> str:
+    """``value`` cleaned for storage, or ``StoreError`` when it is longer than ``limit`` characters."""
+    try:
+        return bounded_text(value, limit=limit, what=what)
+    except TextError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _length(attribute) -> int:
+    """The length of a ``String(n)`` column: longer text fits SQLite but PostgreSQL refuses it."""
+    return attribute.property.columns[0].type.length
+
+
+def clean_json(value):
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string in it, keys included, cleaned for
+    storage by ``clean_text``; anything else is left for the database to accept or refuse."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_json(key): clean_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(item) for item in value]
+    return value
+
+
 def cohen(pairs: list[tuple[int, int]]) -> tuple[float | None, float | None]:
     """Agreement rate and Cohen's kappa of two binary raters over ``pairs``; kappa is None when undefined."""
     if not pairs:
@@ -636,6 +774,8 @@ def question_key(question: str) -> str:
 
 
 __all__ = [
-    "Actor", "AskView", "ConsensusItem", "Dashboard", "NotFound", "PermissionDenied", "QueueProgress", "RatingView",
-    "Store", "StoreError", "VersionStats", "encode_png", "question_key", "require", "utcnow",
+    "DEFAULT_MAX_QUESTION_CHARS", "DEFAULT_MAX_TEXT_CHARS", "Actor", "AskView", "ConsensusItem", "Dashboard",
+    "NotFound", "PermissionDenied", "PurgeReport", "QueueProgress", "RatingView", "Store", "StoreError",
+    "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json", "encode_png", "question_key", "require",
+    "utcnow",
 ]

@@ -3,11 +3,15 @@
 SQLite allows one writer at a time; writes from threads of this process queue on a lock here instead of
 spinning on SQLite's busy handler, which keeps latency flat under many concurrent annotators. Several app
 replicas writing at once is what PostgreSQL is for.
+
+A database error that escapes a session is told to people as a ``StoreError`` with a reference, never with its
+own text (which holds the host, port, user, SQL and parameters); the full story is logged under that reference.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -15,19 +19,76 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
+
+from visionthink.incidents import log_incident
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How long a new PostgreSQL connection may take before the server counts as unreachable (unless the URL says).
+PG_CONNECT_TIMEOUT_S = 10
 #: Any number: the PostgreSQL advisory lock that serialises schema upgrades across replicas.
 _UPGRADE_LOCK_ID = 0x56495354
 #: Execution option marking the engine that write sessions use (SQLite begins their transactions IMMEDIATE).
 _WRITER = "visionthink_writer"
+#: Errors that mean the database cannot be reached (down, restarting, network, no free connection), not that
+#: this request was wrong. psycopg reports a refused or lost connection as OperationalError.
+_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
     """A store problem a person can act on; the message says what was wrong and what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; ``reference`` finds the full error in the log."""
+
+    def __init__(self, message: str, reference: str = "") -> None:
+        super().__init__(message)
+        self.reference = reference
+
+
+class StoreFailure(StoreError):
+    """The database refused or failed a request unexpectedly; ``reference`` finds the full error in the log."""
+
+    def __init__(self, message: str, reference: str = "") -> None:
+        super().__init__(message)
+        self.reference = reference
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached, rather than that a statement failed."""
+    return isinstance(exc, _UNREACHABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+@contextlib.contextmanager
+def errors_for_people(during: str, database: str) -> Iterator[None]:
+    """Turn a database error escaping the block into ``StoreUnavailable`` or ``StoreFailure``: a plain message
+    with a reference, the error itself logged under that reference with ``database`` (a URL without its
+    password). ``StoreError``s pass through unchanged."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        if unreachable(exc):
+            reference = log_incident(log, f"The database {database} could not be reached ({during})", exc)
+            raise StoreUnavailable(
+                f"The database cannot be reached right now (reference {reference}). Try again in a minute; if it "
+                f"keeps happening, give the operator this reference.", reference) from None
+        reference = log_incident(log, f"Unexpected error from the database {database} ({during})", exc)
+        raise StoreFailure(
+            f"The database could not complete this request (reference {reference}). Try again; if it keeps "
+            f"happening, give the operator this reference.", reference) from None
 
 
 def make_engine(url: str) -> Engine:
@@ -67,7 +128,8 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_size=16, max_overflow=48, pool_pre_ping=True)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(parsed, pool_size=16, max_overflow=48, pool_pre_ping=True, connect_args=connect_args)
     raise StoreError(f"Unsupported database {parsed.get_backend_name()!r}: use a sqlite:/// or postgresql:// URL.")
 
 
@@ -118,20 +180,24 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._logged_url = self.engine.url.render_as_string(hide_password=True)  # for the operator's log only
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer = self.engine.execution_options(**{_WRITER: True})
         self._write_lock = FairLock() if self.is_sqlite else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        """A session for reading. Database errors that escape it are told as ``StoreUnavailable``/``StoreFailure``."""
+        with errors_for_people("read", self._logged_url), Session(self.engine, expire_on_commit=False) as session:
             yield session
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._write_lock, Session(self._writer, expire_on_commit=False) as session:
-            with session.begin():
+        """A session that commits on success and rolls back on error. Errors caught inside it (an
+        ``IntegrityError`` in a savepoint) are the caller's; database errors that escape it, the commit's included,
+        are told as ``StoreUnavailable``/``StoreFailure``."""
+        with errors_for_people("write", self._logged_url), self._write_lock:
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
                 yield session
 
     def upgrade(self) -> None:
@@ -141,11 +207,12 @@ class Database:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._write_lock, self._writer.begin() as connection:
-            if not self.is_sqlite:
-                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _UPGRADE_LOCK_ID})
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with errors_for_people("schema upgrade", self._logged_url), self._write_lock:
+            with self._writer.begin() as connection:
+                if not self.is_sqlite:
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _UPGRADE_LOCK_ID})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,7 +1,9 @@
 """The database schema: users, model versions, images, asked questions with their answers, ratings and skips.
 
 Ratings are append-only: a rater's later rating of the same answer supersedes the earlier one in every count, but
-nothing is ever overwritten or deleted.
+nothing is ever overwritten or deleted, with one exception: ``Store.purge_unconsented`` deletes answers stored
+without training consent (which are never exported) once they are older than a cutoff, with their ratings, skips
+and judgements, and the images no remaining answer refers to.
 """
 
 from __future__ import annotations

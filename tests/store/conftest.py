@@ -13,24 +13,11 @@ import pytest
 from PIL import Image
 
 from store.api import Store
-from tests.support.postgres import PostgresUnavailable, fresh_database, postgres_admin_url
+from tests.support.postgres import fresh_database
 from visionthink.engine import Answer, TurnRecord
 from visionthink.images import TokenReport
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """The PostgreSQL server's admin URL (able to CREATE DATABASE), for the whole session."""
-    problem = None
-    try:
-        with postgres_admin_url() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        problem = str(exc)
-    if problem:  # outside the except block, so the report is the message, not a chain of tracebacks
-        pytest.fail(f"The store tests need PostgreSQL. {problem}", pytrace=False)
 
 
 @pytest.fixture(params=BACKENDS)
