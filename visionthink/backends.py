@@ -184,13 +184,14 @@ class OpenAIBackend:
         )
         self.base_url = base_url
         self.pixel_limits = pixel_limits
-        self.model_id = model or self._served_model()
+        self.model_id = model or self.served_models()[0]
 
-    def _served_model(self) -> str:
+    def served_models(self) -> list[str]:
+        """The ids of the models the server serves; asking also proves that the server answers at all."""
         import openai
 
         try:
-            models = list(self.client.models.list())
+            models = [m.id for m in self.client.models.list()]
         except openai.APIError as exc:
             raise BackendError(
                 f"Could not list the models served at {self.base_url} ({exc}). Start the server, check "
@@ -198,7 +199,7 @@ class OpenAIBackend:
             ) from exc
         if not models:
             raise BackendError(f"The server at {self.base_url} serves no models.")
-        return models[0].id
+        return models
 
     def generate(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
         import openai

@@ -11,11 +11,22 @@ import json
 import logging
 import sys
 
-from visionthink.engine import MODES, Answer, Done, HighResRequested, QuestionError, TextDelta, TurnFinished, TurnStarted
+from visionthink.engine import (
+    MODES,
+    Answer,
+    Done,
+    HighResRequested,
+    QuestionError,
+    TextDelta,
+    TurnFinished,
+    TurnStarted,
+    prepare_inputs,
+)
 from visionthink.images import ImageError
 from visionthink.settings import Settings, SettingsError
 
 EXIT_BAD_INPUT = 2
+EXIT_MODEL = 1  # the model could not be loaded, or its server could not be reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,27 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         settings = _settings(args)
-        from visionthink.engine import prepare_inputs
-
-        image, question = prepare_inputs(args.image, args.question, args.mode, max_image_pixels=settings.max_image_pixels)
+        inputs = prepare_inputs(args.image, args.question, args.mode, settings.input_limits)
     except (ImageError, QuestionError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from visionthink.backends import BackendError
     from visionthink.loader import ModelLoadError, load_engine
 
     try:
         engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))
-    except ModelLoadError as exc:
+        if engine.notice:
+            print(f"WARNING: {engine.notice}", file=sys.stderr)
+        if args.json:
+            answer = next(e.answer for e in engine.run(inputs) if isinstance(e, Done))
+            print(json.dumps(answer.to_json(), ensure_ascii=False))
+        else:
+            _print_stream(engine.run(inputs))
+    except (ModelLoadError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if engine.notice:
-        print(f"WARNING: {engine.notice}", file=sys.stderr)
-    if args.json:
-        answer = engine.ask(image, question, args.mode)
-        print(json.dumps(answer.to_json(), ensure_ascii=False))
-        return 0
-    _print_stream(engine.stream(image, question, args.mode))
+        return EXIT_MODEL
     return 0
 
 

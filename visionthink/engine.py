@@ -7,6 +7,7 @@ one model turn at a time; everything else, the protocol, the turn budget and the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from visionthink.images import (
     load_image,
     visual_tokens,
 )
+from visionthink.text import MAX_QUESTION_CHARS, TextError, bounded_text
 
 Mode = Literal["auto", "low", "high"]
 MODES: tuple[Mode, ...] = ("auto", "low", "high")
@@ -44,6 +46,25 @@ _NO_RESIZE_IN_MODE = {
 
 class QuestionError(ValueError):
     """A question that cannot be asked; the message is for a person."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an episode accepts: images up to ``max_image_pixels`` (checked from the file's header, before decoding)
+    and questions up to ``max_question_chars`` characters. The app, the terminal command and the engine all take
+    them from the same ``Settings``."""
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_question_chars: int = MAX_QUESTION_CHARS
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A checked question and its image, what an episode starts from (made by ``prepare_inputs``)."""
+
+    image: PILImage.Image  # upright 8-bit RGB, within the pixel limit
+    question: str  # stripped, cleaned of control characters, within the length limit
+    mode: Mode
 
 
 @dataclass(frozen=True)
@@ -211,7 +232,14 @@ class Done:
     answer: Answer
 
 
-Event = TurnStarted | TextDelta | TurnFinished | HighResRequested | Done
+@dataclass(frozen=True)
+class Waiting:
+    """The model is busy with other episodes; this one starts when a slot frees (sent about once a second)."""
+
+    waited_s: float
+
+
+Event = Waiting | TurnStarted | TextDelta | TurnFinished | HighResRequested | Done
 
 
 # --- The engine ------------------------------------------------------------------------------------------------
@@ -226,17 +254,23 @@ class Engine:
         *,
         settings: GenerationSettings | None = None,
         max_turns: int = 2,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        limits: InputLimits | None = None,
+        max_concurrent: int = 1,
         notice: str | None = None,
         model_source: str = "local",
         model_revision: str = "",
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}.")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}.")
         self.backend = backend
         self.settings = settings or GenerationSettings()
         self.max_turns = max_turns
-        self.max_image_pixels = max_image_pixels
+        self.limits = limits or InputLimits()
+        #: Episodes this model runs at once, whoever asks (every page and tab shares the one engine): the rest wait.
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent)
         #: A message for people about this engine (e.g. that it fell back to the embedded miniature).
         self.notice = notice
         #: Where the model came from (hub, local, server, miniature) and its revision, recorded with stored answers.
@@ -254,16 +288,32 @@ class Engine:
                 return event.answer
         raise RuntimeError("The episode ended without a result.")  # unreachable: stream always ends with Done
 
-    def prepare(self, image, question: str, mode: Mode) -> tuple[PILImage.Image, str]:
+    def prepare(self, image, question: str, mode: Mode) -> Inputs:
         """Validate the inputs before any model work; raises ``ImageError`` or ``QuestionError`` for people."""
-        return prepare_inputs(image, question, mode, max_image_pixels=self.max_image_pixels)
+        return prepare_inputs(image, question, mode, self.limits)
 
     def stream(
         self, image, question: str, mode: Mode = "auto", *, settings: GenerationSettings | None = None
     ) -> Iterator[Event]:
-        """Run one episode, yielding events; the last event is ``Done`` with the ``Answer``."""
-        original, question = self.prepare(image, question, mode)
-        settings = settings or self.settings
+        """Check the inputs, then run one episode, yielding events; the last event is ``Done`` with the ``Answer``."""
+        yield from self.run(self.prepare(image, question, mode), settings=settings)
+
+    def run(self, inputs: Inputs, *, settings: GenerationSettings | None = None) -> Iterator[Event]:
+        """Run one episode on inputs already checked by ``prepare_inputs`` (they are not decoded or checked again).
+
+        The episode waits for a free slot of this model first (``Waiting`` events, about once a second), so that
+        no more than ``max_concurrent`` episodes run at once; closing the generator while it waits gives up.
+        """
+        started = time.perf_counter()
+        while not self._slots.acquire(timeout=1.0):
+            yield Waiting(time.perf_counter() - started)
+        try:
+            yield from self._episode(inputs, settings or self.settings)
+        finally:
+            self._slots.release()
+
+    def _episode(self, inputs: Inputs, settings: GenerationSettings) -> Iterator[Event]:
+        original, question, mode = inputs.image, inputs.question, inputs.mode
         min_pixels, max_pixels = self.backend.pixel_limits
         full = full_resolution(original)
         low = downsample(original)
@@ -365,24 +415,27 @@ def replay(question: str, mode: Mode, turns: list[TurnRecord]) -> protocol.Conve
     return conversation
 
 
-def prepare_inputs(
-    image, question: str, mode: Mode = "auto", *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> tuple[PILImage.Image, str]:
-    """Check a question and load its image, without a model; raises ``ImageError`` or ``QuestionError``."""
+def prepare_inputs(image, question: str, mode: Mode = "auto", limits: InputLimits | None = None) -> Inputs:
+    """Check a question and load its image, without a model; raises ``ImageError`` or ``QuestionError``.
+
+    The question is checked first (cheap), then the image's size from its header, and only then is it decoded.
+    """
+    limits = limits or InputLimits()
     if mode not in MODES:
         raise QuestionError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
-    question = (question or "").strip()
+    try:
+        question = bounded_text(question, limit=limits.max_question_chars, what="question").strip()
+        if question:
+            protocol.problem_text(question)
+    except (TextError, ValueError) as exc:
+        raise QuestionError(str(exc)) from exc
     if not question:
         raise QuestionError("The question is empty. Type what you want to know about the image.")
-    try:
-        protocol.problem_text(question)
-    except ValueError as exc:
-        raise QuestionError(str(exc)) from exc
     if image is None:
         raise ImageError("No image was given. Upload an image or pick an example.")
-    original = load_image(image, max_pixels=max_image_pixels)
+    original = load_image(image, max_pixels=limits.max_image_pixels)
     downsample(original)  # raises ImageError for aspect ratios the model refuses
-    return original, question
+    return Inputs(original, question, mode)
 
 
 def _record(index: int, output: TurnOutput, latency_s: float, settings: GenerationSettings) -> TurnRecord:

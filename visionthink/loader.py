@@ -37,9 +37,7 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p
     )
     if settings.backend == "openai":
-        from visionthink.backends import OpenAIBackend
-
-        from visionthink.backends import BackendError
+        from visionthink.backends import BackendError, OpenAIBackend
 
         say(f"Connecting to the model server at {settings.base_url} …")
         try:
@@ -49,8 +47,12 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
                 api_key=settings.api_key,
                 timeout_s=settings.request_timeout_s,
             )
+            served = backend.served_models()  # a named model is not looked up: make sure the server answers
         except BackendError as exc:
             raise ModelLoadError(str(exc)) from exc
+        if backend.model_id not in served:
+            raise ModelLoadError(f"The server at {settings.base_url} serves {', '.join(served)}, not "
+                                 f"{backend.model_id}. Set VISIONTHINK_MODEL to one of those, or to 'auto'.")
         say(f"Using {backend.model_id} served at {settings.base_url}.")
         return _engine(backend, generation, settings, source="server")
 
@@ -97,7 +99,8 @@ def _engine(backend, generation: GenerationSettings, settings: Settings, *, noti
         backend,
         settings=generation,
         max_turns=settings.max_turns,
-        max_image_pixels=settings.max_image_pixels,
+        limits=settings.input_limits,
+        max_concurrent=settings.model_concurrency,
         notice=notice,
         model_source=source,
         model_revision=(settings.revision or "") if source == "hub" else "",

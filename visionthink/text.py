@@ -14,6 +14,10 @@ import re
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
+#: Default length limits (characters): a question, and any other text a person types (a reference answer, a
+#: correction, a comment). ``Settings`` makes both configurable.
+MAX_QUESTION_CHARS = 2_000
+MAX_TEXT_CHARS = 10_000
 
 
 class TextError(ValueError):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support.chat_server import ChatServer, image_urls
+from tests.support.chat_server import ChatServer, Reply, image_urls
 from tests.support.forcing import ANSWER_TURN, TOOL_TURN
 from visionthink import protocol
 
@@ -112,14 +112,53 @@ def test_text_output_shows_reasoning_decision_answer_and_tokens(photo):
     assert "Visual tokens: 490 used vs 391 at full resolution (125.3%; saved -99)" in out
 
 
-def test_unreachable_server_is_one_line_exit_1(photo):
+@pytest.mark.parametrize("model", ["auto", "Senqiao/VisionThink-Efficient"])
+def test_unreachable_server_is_one_line_exit_1(photo, model):
+    """Named or not, the model is looked up on the server first: nothing claims to be "Using" a dead server."""
     with ChatServer([]) as server:
         url = server.base_url
     result = run_cli("--image", str(photo), "--question", "What?", "--backend", "openai", "--base-url", url,
-                     "--model", "auto")
+                     "--model", model)
     assert result.returncode == 1
-    assert "error: Could not list the models" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Could not list the models served at" in errors[0]
+    assert "Using" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_model_the_server_does_not_serve_is_one_line_exit_1(photo):
+    with ChatServer([ANSWER_TURN], model="vt-served") as server:
+        result = run_cli("--image", str(photo), "--question", "What?", "--backend", "openai",
+                         "--base-url", server.base_url, "--model", "some-other-model")
+        assert server.requests == []
+    assert result.returncode == 1
+    assert "error: The server at" in result.stderr and "serves vt-served, not some-other-model" in result.stderr
+    assert "Using" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_server_failing_mid_episode_is_one_line_exit_1(photo):
+    with ChatServer([TOOL_TURN, Reply("overloaded", status=400)]) as server:
+        result = run_cli("--image", str(photo), "--question", "What?", "--backend", "openai",
+                         "--base-url", server.base_url, "--model", "test-model")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refused the request" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+# A 20-byte fake PNG (signature, IHDR length and type, 6 bytes of header): Pillow raised a bare OSError for it.
+FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00"
+
+
+@pytest.mark.parametrize("data", [FAKE_PNG, b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"])
+def test_a_truncated_image_is_one_line_exit_2(tmp_path, data):
+    path = tmp_path / "fake.png"
+    path.write_bytes(data)
+    result = run_cli("--image", str(path), "--question", "What?")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert "Upload" in lines[0]
 
 
 def test_default_model_offline_falls_back_to_the_embedded_miniature(photo):

@@ -220,3 +220,65 @@ def test_closing_the_stream_stops_generation(tiny_parts, picture):
 
     time.sleep(0.3)
     assert len(steps) == count  # nothing is still generating in the background
+
+
+# --- checked inputs and one model slot --------------------------------------------------------------------------
+
+
+def test_prepare_inputs_bounds_and_cleans_the_question(picture):
+    from visionthink.engine import InputLimits, prepare_inputs
+
+    limits = InputLimits(max_question_chars=20)
+    with pytest.raises(QuestionError, match="The question is 1,000,000 characters long; the limit is 20"):
+        prepare_inputs(picture, "?" * 1_000_000, "auto", limits)
+    inputs = prepare_inputs(picture, "  What\x00 is\ud800 it?  ", "low", limits)
+    assert inputs.question == "What is\ufffd it?" and inputs.mode == "low"
+    assert inputs.question.encode("utf-8")  # a lone surrogate could not be encoded
+    with pytest.raises(ImageError, match="too large"):
+        prepare_inputs(picture, "What?", "auto", InputLimits(max_image_pixels=1000))
+
+
+def test_run_uses_the_checked_image_without_decoding_it_again(tiny_parts, picture, monkeypatch):
+    import visionthink.engine as engine_module
+
+    engine, _ = make_engine(tiny_parts, [ANSWER_TURN])
+    inputs = engine.prepare(picture, "What is the value?", "auto")
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("the image was loaded a second time")
+
+    monkeypatch.setattr(engine_module, "load_image", no_second_decode)
+    done = [e for e in engine.run(inputs) if isinstance(e, Done)]
+    assert done[0].answer.answer is not None and done[0].answer.original_size == SIZE
+
+
+def test_a_second_episode_waits_for_the_model(tiny_parts, picture):
+    """One model, one episode at a time (whichever page asks): the second waits, saying so about once a second, and
+    one that gives up while waiting leaves the slot free."""
+    from visionthink.engine import Waiting
+
+    engine, backend = make_engine(tiny_parts, [TOOL_TURN, ANSWER_TURN])
+    first = engine.stream(picture, "First?")
+    assert isinstance(next(first), TurnStarted)  # the first episode holds the model from here ...
+    second = engine.stream(picture, "Second?")
+    assert isinstance(next(second), Waiting)  # ... so the second waits (about 1 s) instead of starting
+    abandoned = engine.stream(picture, "Gives up?")
+    assert isinstance(next(abandoned), Waiting)
+    abandoned.close()
+    rest = list(first)
+    assert isinstance(rest[-1], Done) and len(backend.requests) == 2
+    events = list(second)
+    assert not any(isinstance(e, Waiting) for e in events[1:] if isinstance(e, TurnStarted))
+    assert isinstance(events[-1], Done) and events[-1].answer.question == "Second?"
+    assert [r[0].count("Second?") > 0 for r in backend.requests] == [False, False, True, True]
+
+
+def test_model_concurrency_above_one_runs_episodes_together(tiny_parts, picture):
+    from visionthink.engine import Waiting
+
+    engine, _ = make_engine(tiny_parts, [ANSWER_TURN], max_concurrent=2)
+    first = engine.stream(picture, "First?")
+    next(first)
+    second = engine.stream(picture, "Second?")
+    assert isinstance(next(second), TurnStarted)
+    assert not any(isinstance(e, Waiting) for e in [*first, *second])
