@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The app's own folder for Gradio's files (uploads, images shown): its housekeeping deletes old files there, which
+# it must not do in a folder other Gradio apps on the machine share.
+os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(tempfile.gettempdir(), "visionthink-gradio"))
 
 from app.server import serve  # noqa: E402
 from store.db import StoreError  # noqa: E402

@@ -29,13 +29,15 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
             item = gr.Number(label="Item #", precision=0, elem_id="vt-resolve-item")
             verdict = gr.Radio(VERDICT_CHOICES, label="Final verdict", elem_id="vt-resolve-verdict")
             decision = gr.Radio(DECISION_CHOICES, label="Needed the full image?", elem_id="vt-resolve-decision")
-        reference = gr.Textbox(label="Final reference answer", elem_id="vt-resolve-reference")
+        reference = gr.Textbox(label="Final reference answer", max_length=ctx.settings.max_text_chars,
+                               elem_id="vt-resolve-reference")
         resolve = gr.Button("Resolve", elem_id="vt-resolve")
         resolved = gr.HTML("", elem_id="vt-resolve-status")
         gr.Markdown("### Export judged data")
         with gr.Row():
             fmt = gr.Dropdown(FORMATS, value="grpo", label="Format", elem_id="vt-export-format")
-            since = gr.Textbox(label="Only answers since (YYYY-MM-DD, optional)", elem_id="vt-export-since")
+            since = gr.Textbox(label="Only answers since (YYYY-MM-DD, optional)", max_length=10,
+                               elem_id="vt-export-since")
         export = gr.Button("Export", variant="primary", elem_id="vt-export")
         exported = gr.HTML("", elem_id="vt-export-status")
         archive = gr.File(label="Download", elem_id="vt-export-file")
@@ -70,7 +72,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
         actor = ctx.actor(request, profile)
         try:
             start = _parse_since(since_text)
-            out = ctx.export_root / fmt_value
+            out = ctx.settings.export_dir / fmt_value
 
             def report(done: int, total: int) -> None:
                 progress((done, total), desc="Exporting", unit="answers")
@@ -78,8 +80,11 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
             result = export(ctx.store, actor, fmt_value, out, since=start, progress=report)
         except (StoreError, ValueError) as exc:
             return error_box(str(exc)), None
-        zip_path = shutil.make_archive(str(Path(tempfile.mkdtemp(prefix="vt-export-")) / f"visionthink-{fmt_value}"),
-                                       "zip", root_dir=result.path.resolve())
+        # The archive goes straight into this page's own file folder: only the signed-in studio serves it, and
+        # Gradio's cache cleanup deletes it with the page's other files (VISIONTHINK_CACHE_MAX_AGE).
+        folder = tempfile.mkdtemp(prefix="export-", dir=archive.GRADIO_CACHE)
+        zip_path = shutil.make_archive(str(Path(folder) / f"visionthink-{fmt_value}"), "zip",
+                                       root_dir=result.path.resolve())
         return note_box(f"Exported {result.rows} rows to {result.path}.", "vt-export-done"), zip_path
 
     resolve.click(resolve_handler, inputs=[item, verdict, decision, reference], outputs=[resolved, disputes],
@@ -95,4 +100,5 @@ def _parse_since(value: str | None) -> datetime | None:
     try:
         return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
     except ValueError:
-        raise ValueError(f"{value!r} is not a date like 2026-01-31.") from None
+        shown = value if len(value) <= 20 else value[:20] + "…"
+        raise ValueError(f"{shown!r} is not a date like 2026-01-31.") from None

@@ -77,10 +77,11 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
                 chat = gr.Chatbot(label="Question, reasoning and answer", height=420, feedback_options=None,
                                   elem_id="vt-annotate-chat")
                 reference = gr.Textbox(label="Reference answer (correct it if the answer is wrong)", lines=2,
-                                       elem_id="vt-reference")
+                                       max_length=ctx.settings.max_text_chars, elem_id="vt-reference")
                 decision = gr.Radio(DECISION_CHOICES, label="Was the full-resolution image needed?",
                                     elem_id="vt-decision")
-                comment = gr.Textbox(label="Comment (optional)", lines=1, elem_id="vt-comment")
+                comment = gr.Textbox(label="Comment (optional)", lines=1, max_length=ctx.settings.max_text_chars,
+                                     elem_id="vt-comment")
                 with gr.Row():
                     correct = gr.Button("1 · Correct", variant="primary", elem_id="vt-verdict-correct")
                     incorrect = gr.Button("2 · Incorrect", variant="stop", elem_id="vt-verdict-incorrect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import gradio as gr
@@ -9,8 +10,11 @@ import gradio as gr
 from app.context import Context
 from app.render import Transcript, badge, error_box, note_box, text, token_report
 from store.db import StoreError
-from visionthink.engine import MODE_LABELS, Done, QuestionError, prepare_inputs
+from visionthink.engine import MODE_LABELS, Done, QuestionError, Waiting, prepare_inputs
 from visionthink.images import ImageError
+from visionthink.incidents import log_incident
+
+log = logging.getLogger(__name__)
 
 DECISION_CHOICES = [
     ("It needed the full-resolution image", "needed_full"),
@@ -65,7 +69,7 @@ def build(ctx: Context) -> None:
             image = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=360,
                                   image_mode=None, elem_id="vt-image")
             question = gr.Textbox(label="Question", placeholder="What does the small print say?", lines=2,
-                                  elem_id="vt-question")
+                                  max_length=ctx.settings.max_question_chars, elem_id="vt-question")
             mode = gr.Radio([(label, key) for key, label in MODE_LABELS.items()], value="auto", label="Resolution")
             consent = gr.Checkbox(
                 False, label="Allow this image and question to be used to train VisionThink",
@@ -87,7 +91,8 @@ def build(ctx: Context) -> None:
             tokens = gr.HTML("", elem_id="vt-tokens-box")
             with gr.Group(visible=False, elem_id="vt-rate-panel") as rate_panel:
                 gr.Markdown("**Was this answer right?** Your rating helps retrain the model.")
-                correction = gr.Textbox(label="Correct answer (optional)", lines=1, elem_id="vt-correction")
+                correction = gr.Textbox(label="Correct answer (optional)", lines=1,
+                                        max_length=ctx.settings.max_text_chars, elem_id="vt-correction")
                 decision_label = gr.Radio(DECISION_CHOICES, label="Was asking for the full image right?",
                                           elem_id="vt-rate-decision")
                 with gr.Row():
@@ -107,7 +112,7 @@ def build(ctx: Context) -> None:
         """Stream one VisionThink episode into the chat, badge, images and token report; store it."""
         hidden = gr.Group(visible=False)
         try:
-            original, question_clean = prepare_inputs(image_path, question_text, mode_key)
+            inputs = prepare_inputs(image_path, question_text, mode_key, ctx.settings.input_limits)
         except (ImageError, QuestionError) as exc:
             yield (error_box(str(exc)), "", [], None, "", gr.skip(), None, hidden, "")
             return
@@ -119,15 +124,21 @@ def build(ctx: Context) -> None:
             except RuntimeError as exc:
                 yield (error_box(str(exc)), "", [], None, "", status_line(ctx), None, hidden, "")
                 return
-        transcript = Transcript(question_clean)
+        transcript = Transcript(inputs.question)
         yield ("", "", transcript.messages, None, "", status_line(ctx), None, hidden, "")
         try:
-            for event in engine.stream(original, question_clean, mode_key):
+            for event in engine.run(inputs):
+                if isinstance(event, Waiting):
+                    waiting = (f"⏳ Waiting for the model: it is answering someone else "
+                               f"({event.waited_s:.0f} s).")
+                    yield ("", "", transcript.messages, gr.skip(), "", waiting, None, hidden, "")
+                    continue
                 transcript.apply(event)
                 if not isinstance(event, Done):
-                    yield ("", "", transcript.messages, gr.skip(), "", gr.skip(), None, hidden, "")
+                    yield ("", "", transcript.messages, gr.skip(), "", status_line(ctx), None, hidden, "")
                     continue
                 answer = event.answer
+                original = inputs.image
                 w, h = answer.seen_images[0].size
                 gallery = [(answer.seen_images[0], f"Seen first: {w}×{h}"),
                            (original, f"Original: {original.size[0]}×{original.size[1]}")]
@@ -138,13 +149,17 @@ def build(ctx: Context) -> None:
                        gr.Group(visible=stored_id is not None and ctx.may_rate(actor)), "")
         except (ImageError, QuestionError) as exc:
             yield (error_box(str(exc)), "", transcript.messages, None, "", gr.skip(), None, hidden, "")
-        except Exception as exc:  # the model or server failed: say so on the page, keep the app up
-            yield (error_box(f"The model failed while answering: {exc}"), "", transcript.messages, None, "",
-                   gr.skip(), None, hidden, "")
+        except Exception as exc:  # the model or its server failed: say so on the page, keep the app up
+            reference = log_incident(log, "The model failed while answering", exc)
+            yield (error_box(f"The model could not answer this time (reference {reference}). Try again in a minute; "
+                             "if it keeps happening, give the operator this reference."),
+                   "", transcript.messages, None, "", gr.skip(), None, hidden, "")
 
     outputs = [error, decision, chat, seen, tokens, status, ask_id, rate_panel, rate_status]
+    # The engine lets only VISIONTHINK_MODEL_CONCURRENCY episodes run at once across every page; this page queues
+    # no more than that many of its own, so that the rest wait in Gradio's queue and see their place in it.
     ask.click(ask_handler, inputs=[image, question, mode, consent], outputs=outputs, api_name="ask",
-              concurrency_limit=1, concurrency_id="model")
+              concurrency_limit=ctx.settings.model_concurrency, concurrency_id="model")
     question.submit(ask_handler, inputs=[image, question, mode, consent], outputs=outputs,
                     api_visibility="private", concurrency_id="model")
 
@@ -181,6 +196,7 @@ def _record(ctx: Context, answer, original, allow_training: bool, request, profi
                                   revision=engine.model_revision, source=engine.model_source)
     except StoreError as exc:
         return None, error_box(f"The answer could not be saved: {exc}")
-    except Exception as exc:  # a database that went away: the person still gets their answer
-        return None, error_box(f"The answer could not be saved ({type(exc).__name__}); ratings are off for it.")
+    except Exception as exc:  # whatever the store failed on, the person still gets their answer
+        reference = log_incident(log, "Storing an answer failed", exc)
+        return None, error_box(f"The answer could not be saved (reference {reference}); ratings are off for it.")
     return stored, ""

@@ -12,6 +12,7 @@ from app.identity import Identity
 from app.model_slot import ModelSlot
 from store.api import Actor, Store
 from store.users import Directory
+from visionthink.settings import Settings
 
 
 @dataclass
@@ -20,9 +21,12 @@ class Context:
     store: Store | None = None
     identity: Identity = field(default_factory=lambda: Identity(Directory([])))
     examples: list[Example] = field(default_factory=list)
-    export_root: Path = Path("data/exports")
+    settings: Settings = field(default_factory=Settings)
     #: The studio (signed-in) page shows every tab the user's role allows; the public page only asks.
     studio: bool = False
+    #: Where this page keeps the files it makes and receives (Gradio's cache for its components); only this page
+    #: serves them. None: Gradio's shared folder.
+    files_dir: Path | None = None
 
     def actor(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Actor:
         return self.identity.actor(request, profile)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from visionthink.engine import Engine
+from visionthink.incidents import log_incident
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ class ModelSlot:
         try:
             self._engine = self._loader(self._progress)
             self._message = f"Ready: {self._engine.model_id}."
-        except Exception as exc:  # shown on the page; the app stays up to say what went wrong
-            self._error = f"The model could not be loaded: {exc}"
+        except Exception as exc:  # the page says so (the reason, which can name hosts and paths, is in the log)
+            reference = log_incident(log, "The model could not be loaded", exc)
+            self._error = (f"The model could not be loaded (reference {reference}); the operator finds the reason "
+                           "in the server log.")
             self._message = self._error
-            log.exception(self._error)
         finally:
             self._done.set()
 

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from app.context import Context
 from app.examples import ensure_examples
+from app.housekeeping import Housekeeping
 from app.identity import Identity
 from app.model_slot import ModelSlot
+from app.throttle import LoginThrottle, LoginThrottleMiddleware
 from app.ui import build_demo, launch_kwargs
 from store.api import Store
 from store.users import Directory, parse_users
@@ -38,10 +41,22 @@ class Pages:
     identity: Identity
     store: Store | None
     slot: ModelSlot
+    settings: Settings
 
     @property
     def on_spaces(self) -> bool:
         return self.identity.mode == "oauth"
+
+    @property
+    def file_folders(self) -> list[Path]:
+        """Where the pages keep files: Gradio's folder (``GRADIO_TEMP_DIR``) and the studio's own."""
+        return [Path(get_upload_folder()), studio_files_dir()]
+
+    def kept_files(self) -> set[str]:
+        """Files the pages need for as long as they run (the examples)."""
+        pages = [p for p in (self.public, self.studio) if p is not None]
+        return {os.path.abspath(f) for page in pages for block in page.blocks.values()
+                for f in getattr(block, "keep_in_cache", ())}
 
 
 def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=None,
@@ -50,55 +65,81 @@ def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=N
     store = None
     if settings.store_enabled:
         store = Store(settings.db_url, ratings_per_item=settings.ratings_per_item,
-                      anonymous_thumbs=settings.anonymous_rating)
+                      anonymous_thumbs=settings.anonymous_rating, max_question_chars=settings.max_question_chars,
+                      max_text_chars=settings.max_text_chars)
         store.sync_users(directory.pairs())
     slot = slot or ModelSlot(lambda progress: load_engine(settings, progress)).start()
     examples = ensure_examples() if examples is None else examples
-    export_root = Path(os.environ.get("VISIONTHINK_EXPORT_DIR", "data/exports"))
     on_spaces = bool(os.environ.get("SPACE_ID")) if on_spaces is None else on_spaces
 
-    def page(mode: str, studio: bool) -> tuple[gr.Blocks, Identity]:
+    def page(mode: str, studio: bool, files_dir: Path | None = None) -> tuple[gr.Blocks, Identity]:
         identity = Identity(directory, mode)
-        ctx = Context(slot, store, identity, examples, export_root=export_root, studio=studio)
+        ctx = Context(slot, store, identity, examples, settings=settings, studio=studio, files_dir=files_dir)
         return build_demo(ctx), identity
 
     if on_spaces:
         public, identity = page("oauth", studio=True)
-        return Pages(public, None, identity, store, slot)
+        return Pages(public, None, identity, store, slot, settings)
     public, identity = page("none", studio=False)
     studio = None
     if store is not None and directory.can_sign_in:
-        studio, identity = page("password", studio=True)
+        studio, identity = page("password", studio=True, files_dir=studio_files_dir())
     elif store is not None:
         log.info("No users with passwords are configured (VISIONTHINK_USERS): the annotation studio is off.")
-    return Pages(public, studio, identity, store, slot)
+    return Pages(public, studio, identity, store, slot, settings)
+
+
+def studio_files_dir() -> Path:
+    """The studio's own file folder, beside (not inside) Gradio's shared one, which the public page serves from;
+    only the studio's file route, behind its login, serves it."""
+    return Path(get_upload_folder() + "-studio")
 
 
 def create_app(pages: Pages):
-    """A FastAPI app with the public page at / and the studio at /studio (behind Gradio's login)."""
+    """A FastAPI app with the public page at / and the studio at /studio (behind Gradio's login).
+
+    The studio keeps its files (uploads, images it shows, export archives) in its own folder, which only its own
+    file route, behind the login, serves; the public page also blocks that folder outright. Sign-ins are
+    throttled per user name and per client (``app.throttle``).
+    """
     from fastapi import FastAPI
 
+    settings = pages.settings
     app = FastAPI(title="VisionThink Studio")
-    kwargs = launch_kwargs()
-    queue_size = int(os.environ.get("VISIONTHINK_QUEUE_SIZE", "32"))
+    kwargs = launch_kwargs(settings)
+    blocked: list[str] = []
     if pages.studio is not None:
-        pages.studio.queue(max_size=queue_size)
+        files = str(studio_files_dir())
+        pages.studio.queue(max_size=settings.queue_size)
         app = gr.mount_gradio_app(app, pages.studio, path=STUDIO_PATH, auth=pages.identity.check_password,
-                                  auth_message="Sign in to annotate, see the dashboard or export.", **kwargs)
-    pages.public.queue(max_size=queue_size)
-    return gr.mount_gradio_app(app, pages.public, path="/", **kwargs)
+                                  auth_message="Sign in to annotate, see the dashboard or export.",
+                                  allowed_paths=[files], **kwargs)
+        blocked.append(files)
+        app.add_middleware(
+            LoginThrottleMiddleware, paths={f"{STUDIO_PATH}/login"},
+            throttle=LoginThrottle(max_per_user=settings.login_max_failures,
+                                   max_per_client=settings.login_max_failures_per_client,
+                                   window_s=settings.login_window_s))
+    pages.public.queue(max_size=settings.queue_size)
+    return gr.mount_gradio_app(app, pages.public, path="/", blocked_paths=blocked, **kwargs)
 
 
 def serve(settings: Settings) -> None:
     pages = build_pages(settings)
+    housekeeping = Housekeeping(pages.store, settings, folders=pages.file_folders, keep=pages.kept_files).start()
     host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if pages.on_spaces else "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    if pages.on_spaces or pages.studio is None:
-        pages.public.queue(max_size=int(os.environ.get("VISIONTHINK_QUEUE_SIZE", "32")))
-        pages.public.launch(server_name=host, server_port=port, **launch_kwargs())
-        return
-    import uvicorn
+    try:
+        if pages.on_spaces or pages.studio is None:
+            pages.public.queue(max_size=settings.queue_size)
+            pages.public.launch(server_name=host, server_port=port, **launch_kwargs(settings))
+            return
+        import uvicorn
 
-    log.info("Public page: http://%s:%d/ · studio (sign in): http://%s:%d%s/", host, port, host, port, STUDIO_PATH)
-    print(f"* Running on local URL:  http://{host}:{port}  (studio: http://{host}:{port}{STUDIO_PATH}/)", flush=True)
-    uvicorn.run(create_app(pages), host=host, port=port, log_level="warning")
+        log.info("Public page: http://%s:%d/ · studio (sign in): http://%s:%d%s/", host, port, host, port,
+                 STUDIO_PATH)
+        print(f"* Running on local URL:  http://{host}:{port}  (studio: http://{host}:{port}{STUDIO_PATH}/)",
+              flush=True)
+        uvicorn.run(create_app(pages), host=host, port=port, log_level="warning")
+    finally:
+        housekeeping.stop()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import getpass
 import hashlib
 import hmac
 import json
 import os
+import secrets
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -117,8 +119,16 @@ class Directory:
         return entry.role if entry else None
 
     def check_password(self, name: str, password: str) -> bool:
+        """True for a configured user's right password. An unknown name (or one without a password) is checked
+        against a decoy hash, so that refusing it takes as long as refusing a wrong password for a real name."""
         entry = self._entries.get(name)
-        return bool(entry) and verify_password(password, entry.password_hash)
+        known = entry is not None and entry.password_hash is not None
+        matches = verify_password(password, entry.password_hash if known else self._decoy)
+        return known and matches
+
+    @functools.cached_property
+    def _decoy(self) -> str:
+        return hash_password(secrets.token_urlsafe(16))
 
     @property
     def can_sign_in(self) -> bool:

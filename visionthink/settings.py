@@ -87,7 +87,8 @@ class Settings:
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1_000_000)
+        """The upload limit in bytes; a megabyte is 1024² bytes here, as the page counts it when it refuses a file."""
+        return int(self.max_upload_mb * 1024 * 1024)
 
     def override(self, **values) -> Settings:
         """These settings with the given values (command-line flags) in place; ``None`` means "not given"."""

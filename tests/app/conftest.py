@@ -91,9 +91,10 @@ ROLES = {"ada": "annotator", "ann": "annotator", "root": "admin"}
 
 @contextmanager
 def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | None = None,
-                 db_url: str | None = None, **settings_overrides) -> Iterator[str]:
+                 db_url: str | None = None, engine=None, **settings_overrides) -> Iterator[str]:
     """The whole app as `python app.py` serves it (public page at /, studio at /studio behind the login), with
-    a forced tiny model, a real SQLite store and three users. Yields the base URL."""
+    a forced tiny model (or ``engine``), a real SQLite store (or ``db_url``) and three users. Yields the base
+    URL."""
     import threading
     import time
 
@@ -107,7 +108,7 @@ def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | Non
     users = ";".join(f"{name}:{ROLES[name]}:{hash_password(pw)}" for name, pw in PASSWORDS.items())
     settings = Settings(db_url=db_url or f"sqlite:///{tmp_path / 'studio.db'}", users=users, ratings_per_item=2,
                         **settings_overrides)
-    pages = build_pages(settings, slot=ModelSlot.ready(forced_engine(tiny_model_dir, turns)), examples=[],
+    pages = build_pages(settings, slot=ModelSlot.ready(engine or forced_engine(tiny_model_dir, turns)), examples=[],
                         on_spaces=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(pages), host="127.0.0.1", port=port, log_level="warning"))

@@ -115,3 +115,20 @@ def test_html_in_the_question_is_shown_as_text_and_never_runs(forced_app, chart:
         assert user.locator("script, img").count() == 0
         assert page.locator("img[src=x]").count() == 0
         assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def test_an_upload_above_the_size_limit_is_refused_with_a_message(forced_app, tmp_path: Path):
+    """VISIONTHINK_MAX_UPLOAD_MB (20 MB by default): the page says why, and nothing reaches the server."""
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\0" * 21 * 1024 * 1024)
+    with open_demo(forced_app) as page:
+        page.locator("input[type=file]").first.set_input_files(str(big))
+        expect(page.get_by_text('File(s) exceed the maximum allowed size of 20.0 Mb: "huge.png"')).to_be_visible()
+        expect(page.locator("[data-testid=image] .image-frame img")).to_have_count(0)
+
+
+def test_the_question_box_stops_at_the_length_limit(forced_app):
+    with open_demo(forced_app) as page:
+        box = page.get_by_label("Question")
+        box.fill("x" * 2_500)
+        assert len(box.input_value()) == 2_000
