@@ -66,7 +66,9 @@ def test_the_premise_a_probe_reads_the_pattern_only_from_the_full_image():
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:
-        result = probe.measure(train_items=800, test_items=600, seed=0, epochs=5)
+        # 800 training items sufficed on one CPU but left the full-image pattern at 90.2% on another (same seed,
+        # other floating-point kernels); with 1,200 it is 100% on both, and the 1/4 pattern stays at chance.
+        result = probe.measure(train_items=1200, test_items=600, seed=0, epochs=5)
     finally:
         torch.set_num_threads(threads)
     assert result.failures() == [], result.table()
