@@ -82,6 +82,16 @@ def test_studio_files_are_served_only_behind_its_login(studio, chart):
         assert response.status_code == 200 and response.content[:2] == b"PK"
 
 
+def test_archive_zip_is_readable(studio):
+    """The export archive made in the studio's folder is a complete zip (it is written there, not copied)."""
+    url, _ = studio
+    root = login(url, "root")
+    message, archive = root.predict("jsonl", "", api_name="/export")
+    assert "Exported" in message
+    with zipfile.ZipFile(archive) as z:
+        assert "items.jsonl" in z.namelist()
+
+
 def test_uploads_above_the_limit_are_refused_with_a_message(studio, tmp_path):
     url, _ = studio
     big, small = tmp_path / "big.png", tmp_path / "small.png"
@@ -301,16 +311,6 @@ def test_the_public_page_and_the_studio_share_one_model_slot(tiny_model_dir, tmp
 
 
 # --- retention, cache and limits in `python app.py` ----------------------------------------------------------
-
-
-def test_archive_zip_is_readable(studio):
-    """The export archive made in the studio's folder is a complete zip (it is written there, not copied)."""
-    url, _ = studio
-    root = login(url, "root")
-    message, archive = root.predict("jsonl", "", api_name="/export")
-    assert "Exported" in message
-    with zipfile.ZipFile(archive) as z:
-        assert "items.jsonl" in z.namelist()
 
 
 def test_app_deletes_what_visitors_leave_behind(tmp_path):
