@@ -310,7 +310,7 @@ def test_the_public_page_and_the_studio_share_one_model_slot(tiny_model_dir, tmp
     assert end_a <= start_b, f"episodes overlapped: {spans}"
 
 
-# --- retention, cache and limits in `python app.py` ----------------------------------------------------------
+# --- retention and the file sweep in `python app.py` ----------------------------------------------------------------
 
 
 def test_app_deletes_what_visitors_leave_behind(tmp_path):
