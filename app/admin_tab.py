@@ -80,8 +80,8 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
             result = export(ctx.store, actor, fmt_value, out, since=start, progress=report)
         except (StoreError, ValueError) as exc:
             return error_box(str(exc)), None
-        # The archive goes straight into this page's own file folder: only the signed-in studio serves it, and
-        # Gradio's cache cleanup deletes it with the page's other files (VISIONTHINK_CACHE_MAX_AGE).
+        # The archive goes straight into this page's own file folder: only the signed-in studio serves it, and the
+        # app's housekeeping deletes it with the page's other files (VISIONTHINK_CACHE_MAX_AGE, app/housekeeping.py).
         folder = tempfile.mkdtemp(prefix="export-", dir=archive.GRADIO_CACHE)
         zip_path = shutil.make_archive(str(Path(folder) / f"visionthink-{fmt_value}"), "zip",
                                        root_dir=result.path.resolve())

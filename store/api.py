@@ -39,10 +39,6 @@ from visionthink.engine import Answer
 from visionthink.images import TokenReport
 from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS, TextError, bounded_text, clean_text
 
-#: The longest question ``record`` stores, unless ``Store`` is given another (``Settings.max_question_chars``).
-DEFAULT_MAX_QUESTION_CHARS = MAX_QUESTION_CHARS
-#: The longest reference answer, comment or model note the store takes, unless ``Store`` is given another.
-DEFAULT_MAX_TEXT_CHARS = MAX_TEXT_CHARS
 LATEST_RATINGS = 50
 #: Answers deleted per transaction by ``purge_unconsented``, so a big purge never holds one giant transaction.
 PURGE_BATCH = 500
@@ -228,8 +224,8 @@ class Store:
     """
 
     def __init__(self, url: str, *, ratings_per_item: int = 2, anonymous_thumbs: bool = False,
-                 upgrade: bool = True, max_question_chars: int = DEFAULT_MAX_QUESTION_CHARS,
-                 max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> None:
+                 upgrade: bool = True, max_question_chars: int = MAX_QUESTION_CHARS,
+                 max_text_chars: int = MAX_TEXT_CHARS) -> None:
         if ratings_per_item < 1:
             raise StoreError(f"VISIONTHINK_RATINGS_PER_ITEM must be at least 1, not {ratings_per_item}.")
         for name, value in (("max_question_chars", max_question_chars), ("max_text_chars", max_text_chars)):
@@ -774,8 +770,7 @@ def question_key(question: str) -> str:
 
 
 __all__ = [
-    "DEFAULT_MAX_QUESTION_CHARS", "DEFAULT_MAX_TEXT_CHARS", "Actor", "AskView", "ConsensusItem", "Dashboard",
-    "NotFound", "PermissionDenied", "PurgeReport", "QueueProgress", "RatingView", "Store", "StoreError",
-    "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json", "encode_png", "question_key", "require",
-    "utcnow",
+    "Actor", "AskView", "ConsensusItem", "Dashboard", "NotFound", "PermissionDenied", "PurgeReport", "QueueProgress",
+    "RatingView", "Store", "StoreError", "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json",
+    "encode_png", "question_key", "require", "utcnow",
 ]

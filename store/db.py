@@ -51,20 +51,16 @@ class StoreError(RuntimeError):
     """A store problem a person can act on; the message says what was wrong and what to do."""
 
 
-class StoreUnavailable(StoreError):
-    """The database cannot be reached right now; ``reference`` finds the full error in the log."""
-
-    def __init__(self, message: str, reference: str = "") -> None:
-        super().__init__(message)
-        self.reference = reference
-
-
 class StoreFailure(StoreError):
     """The database refused or failed a request unexpectedly; ``reference`` finds the full error in the log."""
 
     def __init__(self, message: str, reference: str = "") -> None:
         super().__init__(message)
         self.reference = reference
+
+
+class StoreUnavailable(StoreFailure):
+    """The database cannot be reached right now; ``reference`` finds the full error in the log."""
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -11,8 +11,6 @@ import pytest
 from sqlalchemy import func, select
 
 from store.api import (
-    DEFAULT_MAX_QUESTION_CHARS,
-    DEFAULT_MAX_TEXT_CHARS,
     Actor,
     PermissionDenied,
     Store,
@@ -23,6 +21,7 @@ from store.api import (
 from store.export import export
 from store.models import Ask, Judgement, ModelVersion, Rating, Skip, StoredImage, User
 from tests.store.conftest import build_answer, sample_image
+from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS
 from tests.support.postgres import free_port
 from visionthink.text import clean_text
 
@@ -195,11 +194,11 @@ def test_an_unexpected_database_error_is_told_without_sql_or_parameters(store: S
 
 
 def test_a_huge_question_is_refused_before_anything_is_written(store: Store) -> None:
-    assert (store.max_question_chars, store.max_text_chars) == (DEFAULT_MAX_QUESTION_CHARS, DEFAULT_MAX_TEXT_CHARS)
+    assert (store.max_question_chars, store.max_text_chars) == (MAX_QUESTION_CHARS, MAX_TEXT_CHARS)
     with pytest.raises(StoreError) as refused:
         store.record(build_answer("x" * 1_000_000), sample_image(), VISITOR, consent=True)
     assert str(refused.value) == (f"The question is 1,000,000 characters long; the limit is "
-                                  f"{DEFAULT_MAX_QUESTION_CHARS:,}. Shorten it and try again.")
+                                  f"{MAX_QUESTION_CHARS:,}. Shorten it and try again.")
     assert not isinstance(refused.value, (StoreFailure, StoreUnavailable))
     assert set(row_counts(store).values()) == {0}
 

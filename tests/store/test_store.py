@@ -19,7 +19,7 @@ from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import func, inspect, select, text
 
-from store.api import DEFAULT_MAX_TEXT_CHARS as MAX_TEXT
+from visionthink.text import MAX_TEXT_CHARS as MAX_TEXT
 from store.api import Actor, NotFound, PermissionDenied, QueueProgress, Store, StoreError, StoreFailure
 from store.db import MIGRATIONS
 from store.models import Ask, Base, Judgement, ModelVersion, Rating, Skip, StoredImage, User
