@@ -111,7 +111,10 @@ def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | Non
     pages = build_pages(settings, slot=ModelSlot.ready(engine or forced_engine(tiny_model_dir, turns)), examples=[],
                         on_spaces=False)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(pages), host="127.0.0.1", port=port, log_level="warning"))
+    # A bounded graceful shutdown, waited for in full: on shutdown Gradio deletes every file the app made, and
+    # files are named by content, so a server still stopping would delete the next test's identical images.
+    server = uvicorn.Server(uvicorn.Config(create_app(pages), host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -123,5 +126,6 @@ def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | Non
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the studio server did not stop"
         pages.store.close()
