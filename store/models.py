@@ -1,9 +1,9 @@
 """The database schema: users, model versions, images, asked questions with their answers, ratings and skips.
 
-Ratings are append-only: a rater's later rating of the same answer supersedes the earlier one in every count, but
-nothing is ever overwritten or deleted, with one exception: ``Store.purge_unconsented`` deletes answers stored
-without training consent (which are never exported) once they are older than a cutoff, with their ratings, skips
-and judgements, and the images no remaining answer refers to.
+Ratings are append-only: a rater's later rating of the same answer supersedes the earlier one in every count, and an
+undo is a withdrawal row (see ``Rating``). Nothing is ever overwritten or deleted, with one exception:
+``Store.purge_unconsented`` deletes answers stored without training consent (which are never exported) once they
+are older than a cutoff, with their ratings, skips and judgements, and the images no remaining answer refers to.
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ class Ask(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     asked_by: Mapped[str] = mapped_column(String(200))
     consent: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: The answers of one "Compare" (the same image and question in every mode) share this key; None otherwise.
+    comparison: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
     image: Mapped[StoredImage] = relationship(lazy="joined")
@@ -105,7 +107,11 @@ class Ask(Base):
 
 
 class Rating(Base):
-    """A judgement of one answer by one rater. Append-only; the latest per (ask, rater, source) counts."""
+    """A judgement of one answer by one rater. Append-only; the latest per (ask, rater, source) counts.
+
+    A row whose verdict is ``store.consensus.WITHDRAWN`` takes back the rater's earlier ratings of the answer from
+    that source (an annotator's undo): from then on none of them counts, until the rater rates the answer again.
+    """
 
     __tablename__ = "ratings"
     __table_args__ = (Index("ix_ratings_ask_rater", "ask_id", "rater"),)

@@ -12,6 +12,8 @@ import logging
 import sys
 
 from visionthink.engine import (
+    COMPARE,
+    MODE_LABELS,
     MODES,
     Answer,
     Done,
@@ -40,10 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--backend", choices=("transformers", "openai"), help="VISIONTHINK_BACKEND.")
     ask.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (VISIONTHINK_BASE_URL).")
     ask.add_argument("--device", help="auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE).")
-    ask.add_argument("--mode", choices=MODES, default="auto", help="auto (VisionThink), low (1/4 image) or high (full image).")
+    ask.add_argument("--mode", choices=(*MODES, COMPARE), default="auto",
+                     help="auto (VisionThink), low (1/4 image), high (full image), or compare (all three in turn).")
     ask.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
     ask.add_argument("--temperature", type=float, help="0 is greedy (VISIONTHINK_TEMPERATURE).")
-    ask.add_argument("--json", action="store_true", help="Print exactly one JSON object and nothing else on stdout.")
+    ask.add_argument("--json", action="store_true",
+                     help="Print exactly one JSON object and nothing else on stdout (with \"fallback\": true when "
+                          "the embedded miniature answered because the model could not be loaded).")
     return parser
 
 
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         settings = _settings(args)
-        inputs = prepare_inputs(args.image, args.question, args.mode, settings.input_limits)
+        comparing = args.mode == COMPARE
+        inputs = prepare_inputs(args.image, args.question, "auto" if comparing else args.mode, settings.input_limits)
     except (ImageError, QuestionError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -64,9 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))
         if engine.notice:
             print(f"WARNING: {engine.notice}", file=sys.stderr)
-        if args.json:
+        fallback = engine.notice is not None
+        if args.json and comparing:
+            answers = {mode: e.answer.to_json() for mode, e in engine.compare(inputs) if isinstance(e, Done)}
+            print(json.dumps({"mode": COMPARE, "model": engine.model_id, "answers": answers, "fallback": fallback},
+                             ensure_ascii=False))
+        elif args.json:
             answer = next(e.answer for e in engine.run(inputs) if isinstance(e, Done))
-            print(json.dumps(answer.to_json(), ensure_ascii=False))
+            print(json.dumps({**answer.to_json(), "fallback": fallback}, ensure_ascii=False))
+        elif comparing:
+            answers = _print_stream(engine.compare(inputs))
+            sys.stdout.write(comparison_table(answers))
         else:
             _print_stream(engine.run(inputs))
     except (ModelLoadError, BackendError) as exc:
@@ -81,9 +95,18 @@ def _settings(args: argparse.Namespace) -> Settings:
                                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
 
 
-def _print_stream(events) -> None:
+def _print_stream(events) -> list[Answer]:
+    """Print an episode's events as they come; ``events`` may also be ``(mode, event)`` pairs from a comparison,
+    printed under a heading per mode. Returns the answers."""
     out = sys.stdout
+    answers: list[Answer] = []
+    current = None
     for event in events:
+        if isinstance(event, tuple):
+            mode, event = event
+            if mode != current:
+                current = mode
+                out.write(f"\n════ {mode}: {MODE_LABELS[mode]} ════\n")
         if isinstance(event, TurnStarted):
             sizes = ", ".join(f"{w}x{h}" for w, h in event.image_sizes)
             out.write(f"\n── Turn {event.index + 1} (images in context: {sizes}) ──\n")
@@ -98,8 +121,24 @@ def _print_stream(events) -> None:
             w, h = event.size
             out.write(f"→ Asked for the full-resolution image ({w}x{h}, {event.tokens} visual tokens)\n")
         elif isinstance(event, Done):
+            answers.append(event.answer)
             out.write(summary(event.answer))
         out.flush()
+    return answers
+
+
+def comparison_table(answers: list[Answer]) -> str:
+    """The modes side by side: decision, answer, visual tokens and latency, one row each."""
+    rows = [("mode", "full image", "answer", "visual tokens", "latency")]
+    for a in answers:
+        final = a.answer if a.answer is not None else f"(no answer: {a.stop_reason.replace('_', ' ')})"
+        if len(final) > 40:
+            final = final[:39] + "…"
+        full = {"auto": "asked" if a.requested_high_res else "not asked", "low": "never", "high": "always"}[a.mode]
+        rows.append((a.mode, full, final, f"{a.tokens.used} of {a.tokens.full_res}", f"{a.latency_s:.2f} s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n── Comparison ──\n" + "\n".join(lines) + "\n"
 
 
 def summary(answer: Answer) -> str:

@@ -1,7 +1,8 @@
 """The VisionThink loop: show the model the 1/4-resolution image, hand it the full image only when it asks.
 
 ``Engine.ask`` runs one episode and returns an ``Answer``; ``Engine.stream`` yields events as the episode runs,
-for the UI. A backend (local transformers or an OpenAI-compatible server, see ``visionthink.backends``) generates
+for the UI; ``Engine.compare`` runs one question in every mode (VisionThink, the 1/4 image only, the full image
+only), the comparison the method is about. A backend (local transformers or an OpenAI-compatible server, see ``visionthink.backends``) generates
 one model turn at a time; everything else, the protocol, the turn budget and the token accounting, lives here.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from PIL import Image as PILImage
@@ -29,6 +30,8 @@ from visionthink.text import MAX_QUESTION_CHARS, TextError, bounded_text
 
 Mode = Literal["auto", "low", "high"]
 MODES: tuple[Mode, ...] = ("auto", "low", "high")
+#: Not a mode of an episode: every mode in turn, on the same image and question (``Engine.compare``).
+COMPARE = "compare"
 MODE_LABELS = {
     "auto": "VisionThink: 1/4 image first, the full image only when the model asks",
     "low": "1/4-resolution image only",
@@ -311,6 +314,17 @@ class Engine:
             yield from self._episode(inputs, settings or self.settings)
         finally:
             self._slots.release()
+
+    def compare(self, inputs: Inputs, *, settings: GenerationSettings | None = None
+                ) -> Iterator[tuple[Mode, Event]]:
+        """Run ``inputs`` in every mode, one after the other (``MODES`` order), yielding each event with its mode.
+
+        Each episode takes a slot of the model on its own (see ``run``), so other people's questions are not held
+        up for the whole comparison. ``inputs.mode`` is ignored.
+        """
+        for mode in MODES:
+            for event in self.run(replace(inputs, mode=mode), settings=settings):
+                yield mode, event
 
     def _episode(self, inputs: Inputs, settings: GenerationSettings) -> Iterator[Event]:
         original, question, mode = inputs.image, inputs.question, inputs.mode

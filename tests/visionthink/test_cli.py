@@ -83,7 +83,43 @@ def test_json_output_against_an_openai_compatible_server(photo):
     assert data["tokens"] == {"low_res": 99, "high_res": 391, "used": 490, "full_res": 391, "saved": -99,
                               "retained_ratio": pytest.approx(490 / 391)}
     assert data["stop_reason"] == "answer" and data["mode"] == "auto"
+    assert data["fallback"] is False
     assert len(image_urls(second)) == 2
+
+
+def test_compare_runs_every_mode_on_one_image(photo):
+    """`--mode compare`: auto asks for the full image (two requests), low and high answer at once, in that order,
+    each with the images its mode allows; the JSON holds the three answers by mode."""
+    with ChatServer([TOOL_TURN, ANSWER_TURN, ANSWER_TURN, ANSWER_TURN], model="vt-served") as server:
+        result = run_cli("--image", str(photo), "--question", "What is the value?", "--backend", "openai",
+                         "--base-url", server.base_url, "--model", "auto", "--mode", "compare", "--json")
+        requests = server.requests
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["mode"] == "compare" and data["model"] == "vt-served" and data["fallback"] is False
+    answers = data["answers"]
+    assert list(answers) == ["auto", "low", "high"]
+    assert [answers[m]["mode"] for m in answers] == ["auto", "low", "high"]
+    assert answers["auto"]["requested_high_res"] is True
+    assert answers["low"]["requested_high_res"] is False and answers["high"]["requested_high_res"] is False
+    assert [answers[m]["tokens"]["used"] for m in answers] == [490, 99, 391]
+    assert [len(image_urls(r)) for r in requests] == [1, 2, 1, 1]
+
+
+def test_compare_text_output_ends_with_a_side_by_side_table(photo):
+    with ChatServer([TOOL_TURN, ANSWER_TURN, ANSWER_TURN, ANSWER_TURN]) as server:
+        result = run_cli("--image", str(photo), "--question", "What is the value?", "--backend", "openai",
+                         "--base-url", server.base_url, "--model", "test-model", "--mode", "compare")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    headings = [out.index(f"════ {mode}: ") for mode in ("auto", "low", "high")]
+    assert headings == sorted(headings)
+    table = out[out.index("── Comparison ──"):].splitlines()[1:]
+    assert table[0].split() == ["mode", "full", "image", "answer", "visual", "tokens", "latency"]
+    assert table[1].startswith("auto") and "asked" in table[1] and "490 of 391" in table[1]
+    assert table[2].startswith("low") and "never" in table[2] and "99 of 391" in table[2]
+    assert table[3].startswith("high") and "always" in table[3] and "391 of 391" in table[3]
+    assert all("The value is" in row for row in table[1:])
 
 
 def test_json_tokens_match_the_spec_table(tmp_path):
@@ -168,7 +204,7 @@ def test_default_model_offline_falls_back_to_the_embedded_miniature(photo):
     assert "WARNING: Could not load Senqiao/VisionThink-Efficient" in result.stderr
     assert "a miniature VisionThink trained on a synthetic shapes-and-textures task" in result.stderr
     data = json.loads(result.stdout)
-    assert data["model"] == "visionthink-miniature"
+    assert data["model"] == "visionthink-miniature" and data["fallback"] is True
     assert data["turns"][0]["kind"] in ("answer", "tool_call") and data["stop_reason"] == "answer"
     assert data["tokens"]["full_res"] == 391 and data["turns"][0]["generated_tokens"] <= 64
     assert not any(t in data["turns"][0]["text"] for t in protocol.VISION_TOKENS)
