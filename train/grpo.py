@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,12 +258,123 @@ def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True)
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+RECIPES = Path(__file__).resolve().parent / "recipes"
+PROG = "python -m train.grpo"
+USAGE = f"{PROG} --config RECIPE.yaml [--FIELD VALUE …]   (--help: recipes and examples; --help-all: every field)"
+ABOUT = ("Multi-turn GRPO for VisionThink with TRL. The model sees the 1/4-resolution image; calling resize_image "
+         "hands it the full image in a second turn. Rewards are accuracy (an LLM or rule judge), format and penalty "
+         "control. A recipe (a YAML file) sets every field of a run; any field given after it on the command line "
+         "overrides the recipe's value.")
+#: The ``--no_FIELD`` flags HfArgumentParser adds for boolean fields that default to true repeat the field's own help,
+#: which then says the opposite of what they do. Ours get their own; TRL's say that they turn the field off.
+NEGATION_HELP = {
+    "merge_lora": "With use_peft, save the LoRA adapter folder unmerged (the app loads it too) instead of a merged "
+                  "full checkpoint.",
+    "log_completions_jsonl": "Do not write output_dir/completions.jsonl.",
+}
+
+
+def recipes() -> list[tuple[Path, str]]:
+    """The shipped recipes, each with the first clause of its leading comment as a one-line description."""
+    found = []
+    for path in sorted(RECIPES.glob("*.yaml")):
+        comment = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            text = line[1:] if line.startswith("#") else None
+            if text is None or text.startswith("   ") or not text.strip():  # code, an indented command, a blank line
+                break
+            comment.append(text.strip())
+        summary = " ".join(comment)
+        for stop in (": ", ". "):
+            summary = summary.split(stop, 1)[0]
+        found.append((path, summary.rstrip(".:") or "(no description: start the file with a comment line)"))
+    return found
+
+
+def short_help() -> str:
+    """What ``--help`` prints: what the command does, the recipes, examples, and where every field is listed."""
+    import shutil
+    import textwrap
+
+    width = min(shutil.get_terminal_size().columns, 100)
+    here = Path(os.path.relpath(RECIPES.parent, Path.cwd()))  # paths that work from where the command is run
+    listed = [(str(here / "recipes" / path.name), summary) for path, summary in recipes()]
+    column = max((len(shown) for shown, _ in listed), default=0) + 2
+    lines = [f"usage: {PROG} --config RECIPE.yaml [--FIELD VALUE …]", "", textwrap.fill(ABOUT, width), "",
+             "Recipes:"]
+    for shown, summary in listed:
+        lines += textwrap.wrap(summary, width, initial_indent=f"  {shown:<{column}}",
+                               subsequent_indent=" " * (column + 2), break_on_hyphens=False)
+    lora, paper = here / "recipes" / "lora-1gpu.yaml", here / "recipes" / "efficient-7b.yaml"
+    lines += [
+        "",
+        "Examples:",
+        "  # Retrain from the studio's exported feedback on one GPU",
+        f"  {PROG} --config {lora} --dataset data/exports/grpo",
+        "  # The same, overriding two of the recipe's fields",
+        f"  {PROG} --config {lora} --dataset data/exports/grpo --learning_rate 5e-6 --max_rows 64",
+        "  # The paper's setting on several GPUs (README: Retraining)",
+        f"  accelerate launch --config_file {here / 'accelerate' / 'zero3.yaml'} -m train.grpo --config {paper}",
+        "",
+        "Every field, VisionThink's and TRL's (GRPOConfig, ModelConfig), with its help and default:",
+        f"  {PROG} --help-all",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser():
+    """TRL's parser over our fields, GRPOConfig and ModelConfig, with a short usage line and correct ``--no_`` help."""
+    import argparse
+
     from trl import GRPOConfig, ModelConfig, TrlParser
 
+    parser = TrlParser((VisionThinkArguments, GRPOConfig, ModelConfig), prog=PROG, usage=USAGE, description=ABOUT,
+                       epilog=f"Recipes and examples: {PROG} --help")
+    for action in parser._actions:
+        if isinstance(action, argparse._StoreFalseAction) and f"--no_{action.dest}" in action.option_strings:
+            action.help = NEGATION_HELP.get(action.dest, f"Turn {action.dest} off (the same as --{action.dest} false).")
+            action.default = argparse.SUPPRESS  # the field's own flag holds the default; "(default: False)" misled
+    return parser
+
+
+def _config_problem(args: list[str]) -> str | None:
+    """Why ``--config`` cannot be read, naming the shipped recipes; None when it can (or is not given)."""
+    if "--config" not in args:
+        return None
+    index = args.index("--config")
+    path = Path(args[index + 1]) if index + 1 < len(args) else None
+    if path is not None and path.is_file():
+        return None
+    names = ", ".join(str(Path(os.path.relpath(p, Path.cwd()))) for p, _ in recipes())
+    problem = f"the recipe {path} does not exist" if path is not None else "--config needs the path of a recipe"
+    return f"{problem}. The shipped recipes are {names} ({PROG} --help describes them)."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in args:
+        build_parser().print_help()
+        return 0
+    if "-h" in args or "--help" in args:
+        print(short_help())
+        return 0
+    if not args:
+        print(f"{short_help()}\n\n{PROG}: error: give a recipe with --config.", file=sys.stderr)
+        return 2
+    args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    problem = _config_problem(args)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    import yaml
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = TrlParser((VisionThinkArguments, GRPOConfig, ModelConfig))
-    vt, training, model_args = parser.parse_args_and_config(argv)
+    try:
+        vt, training, model_args = build_parser().parse_args_and_config(args)
+    except (ValueError, yaml.YAMLError) as exc:  # a recipe that is not a mapping, unknown keys, a bad combination
+        unknown = "not used by the HfArgumentParser" in str(exc) or "Unknown arguments" in str(exc)
+        print(f"{PROG}: error: {exc}" + (f"\n{PROG} --help-all lists every field." if unknown else ""), file=sys.stderr)
+        return 2
     from train.data import DataError
     from train.judge import JudgeError
     from visionthink.hf import ModelUnavailable
@@ -276,7 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     path = save_checkpoint(trainer, training.output_dir, merge_lora=vt.merge_lora)
     log.info("Saved the trained checkpoint to %s (load it with VISIONTHINK_MODEL=%s).", path, path)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
