@@ -17,9 +17,9 @@ from datetime import date, datetime, time, timezone
 from PIL import Image as PILImage
 from sqlalchemy import delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from store.consensus import Consensus, Vote, consensus, normalise
+from store.consensus import WITHDRAWN, Consensus, Vote, consensus, normalise
 from store.db import Database, StoreError, StoreFailure, StoreUnavailable
 from store.models import (
     DECISIONS,
@@ -35,8 +35,9 @@ from store.models import (
     User,
     utcnow,
 )
-from visionthink.engine import Answer
+from visionthink.engine import MODES, Answer
 from visionthink.images import TokenReport
+from visionthink.intervals import wilson_interval
 from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS, TextError, bounded_text, clean_text
 
 LATEST_RATINGS = 50
@@ -124,12 +125,63 @@ class AskView:
     created_at: datetime
     ratings: list[RatingView] = field(default_factory=list)
     consensus: Consensus | None = None
+    comparison: str | None = None  # shared by the answers of one comparison
 
 
 @dataclass(frozen=True)
 class QueueProgress:
-    done_today: int
+    """Where an annotator stands: ``done`` items rated since a moment (midnight, or when they started working) and
+    ``left`` in their queue, both among the items that match their filters."""
+
+    done: int
     left: int
+
+    @property
+    def position(self) -> int:
+        """The number of the item on screen in this stretch of work ("Item 3 of 12")."""
+        return self.done + 1
+
+    @property
+    def total(self) -> int:
+        return self.done + self.left
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which items of an annotator's queue to offer; None means any."""
+
+    model_version: int | None = None  # a ``QueueModel.id``
+    mode: str | None = None  # auto | low | high
+    requested_high_res: bool | None = None  # whether the model asked for the full image
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise StoreError(f"Unknown mode {self.mode!r}; the modes are {', '.join(MODES)}.")
+
+
+@dataclass(frozen=True)
+class QueueModel:
+    """A model version with answers for the annotation queue, as its filter offers it."""
+
+    id: int
+    model_id: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class ModeStats:
+    """A model version's figures over its answers in one mode."""
+
+    mode: str
+    asks: int
+    judged: int  # answers with a human consensus verdict
+    correct: int
+    accuracy: float | None
+    accuracy_ci: tuple[float, float] | None  # 95% Wilson score interval of correct / judged
+    high_res_requests: int
+    high_res_ratio: float | None  # auto mode only: in low and high the model cannot ask for the full image
+    tokens_saved_total: int
+    mean_latency_s: float | None
 
 
 @dataclass(frozen=True)
@@ -146,6 +198,8 @@ class VersionStats:
     tokens_saved_total: int
     tokens_saved: list[int]  # per ask, for the distribution
     mean_latency_s: float | None
+    accuracy_ci: tuple[float, float] | None = None  # 95% Wilson score interval of correct / judged
+    by_mode: list[ModeStats] = field(default_factory=list)  # auto, low, high first; modes without answers left out
 
 
 @dataclass(frozen=True)
@@ -303,9 +357,10 @@ class Store:
     # --- recording answers ---
 
     def record(self, answer: Answer, original: PILImage.Image, actor: Actor, *, consent: bool,
-               revision: str = "", source: str = "hub") -> int:
+               revision: str = "", source: str = "hub", comparison: str | None = None) -> int:
         """Store an answer and its image (as a metadata-free PNG); returns the stored answer's id. A question longer
-        than ``max_question_chars`` is refused before anything is written."""
+        than ``max_question_chars`` is refused before anything is written. The answers of one comparison (the same
+        image and question in each mode) are recorded with the same ``comparison`` key."""
         question = _bounded(answer.question, self.max_question_chars, "question")
         png = encode_png(original)
         sha = hashlib.sha256(png).hexdigest()
@@ -322,6 +377,7 @@ class Store:
                 requested_high_res=answer.requested_high_res, answer=final, stop_reason=clean_text(answer.stop_reason),
                 low_res_tokens=t.low_res, high_res_tokens=t.high_res, used_tokens=t.used, full_res_tokens=t.full_res,
                 saved_tokens=t.saved, latency_s=answer.latency_s, asked_by=actor.rater, consent=bool(consent),
+                comparison=comparison,
             )
             s.add(ask)
             s.flush()
@@ -405,6 +461,23 @@ class Store:
                 except IntegrityError:  # the same annotator skipped it at the same moment, in another tab
                     pass
 
+    def withdraw(self, actor: Actor, ask_id: int) -> int:
+        """Undo the annotator's rating of ``ask_id``: a withdrawal is appended (nothing is deleted), after which none
+        of their ratings of it counts anywhere (consensus, dashboard, exports) and it is back in their queue, until
+        they rate it again. Returns the withdrawal's id; ``StoreError`` when they have no rating of it to undo."""
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        with self.db.write() as s:
+            self._locked_asker(s, ask_id)
+            latest = s.scalar(select(Rating.verdict).where(
+                Rating.ask_id == ask_id, Rating.rater == actor.rater, Rating.source == "annotation",
+            ).order_by(Rating.id.desc()).limit(1))
+            if latest is None or latest == WITHDRAWN:
+                raise StoreError(f"You have no rating of #{ask_id} to undo.")
+            withdrawal = Rating(ask_id=ask_id, rater=actor.rater, source="annotation", verdict=WITHDRAWN, comment="")
+            s.add(withdrawal)
+            s.flush()
+            return withdrawal.id
+
     def resolve(self, actor: Actor, ask_id: int, *, verdict: str, reference_answer: str | None,
                 decision: str | None, comment: str = "") -> int:
         """An admin's final word on a disputed item."""
@@ -413,43 +486,71 @@ class Store:
 
     # --- the annotation queue ---
 
-    def next_item(self, actor: Actor) -> AskView | None:
-        """The consented answer that most needs a rating from this annotator: fewest ratings first, oldest first."""
+    def next_item(self, actor: Actor, filters: QueueFilter | None = None) -> AskView | None:
+        """The consented answer that most needs a rating from this annotator: fewest ratings first, oldest first;
+        only answers that match ``filters``."""
         require(actor, "annotator", "admin", to="work through the annotation queue")
         with self.db.read() as s:
-            ask_id = s.scalars(self._queue_query(actor).limit(1)).first()
+            ask_id = s.scalars(self._queue_query(actor, filters).limit(1)).first()
             return self._view(s, ask_id, actor) if ask_id is not None else None
 
-    def progress(self, actor: Actor) -> QueueProgress:
+    def progress(self, actor: Actor, filters: QueueFilter | None = None, *,
+                 since: datetime | None = None) -> QueueProgress:
+        """How many items the annotator rated since ``since`` (default: midnight today), each once, not counting
+        ratings they withdrew; and how many are left in their queue. Both count only items that match ``filters``."""
         require(actor, "annotator", "admin", to="work through the annotation queue")
-        start = datetime.combine(date.today(), time.min).astimezone(timezone.utc)
+        start = self._db_time(since or datetime.combine(date.today(), time.min).astimezone(timezone.utc))
         with self.db.read() as s:
-            done = s.scalar(
-                select(func.count(distinct(Rating.ask_id))).where(
-                    Rating.rater == actor.rater, Rating.source == "annotation", Rating.created_at >= start
-                )
-            )
-            left = s.scalar(select(func.count()).select_from(self._queue_query(actor).subquery()))
-        return QueueProgress(done_today=done or 0, left=left or 0)
+            done = s.scalar(_matching(
+                select(func.count(distinct(Rating.ask_id))).join(Ask, Ask.id == Rating.ask_id).where(
+                    Rating.rater == actor.rater, Rating.source == "annotation", Rating.created_at >= start,
+                    _still_counts(),
+                ), filters))
+            left = s.scalar(select(func.count()).select_from(self._queue_query(actor, filters).subquery()))
+        return QueueProgress(done=done or 0, left=left or 0)
 
-    def _queue_query(self, actor: Actor):
+    def queue_models(self, actor: Actor) -> list[QueueModel]:
+        """The model versions that answered consented questions, for the queue's model filter."""
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        with self.db.read() as s:
+            used = select(Ask.model_version_id).where(Ask.consent.is_(True))
+            rows = s.scalars(select(ModelVersion).where(ModelVersion.id.in_(used))
+                             .order_by(ModelVersion.model_id, ModelVersion.revision))
+            return [QueueModel(v.id, v.model_id, v.revision) for v in rows]
+
+    def last_rated(self, actor: Actor, *, before: int | None = None) -> AskView | None:
+        """The item this annotator rated most recently (by their latest rating of it that counts), or, given one of
+        their ratings' ids as ``before``, the item they rated last before that: to go back through their work. The
+        view's ``ratings`` hold their ratings of it, oldest first; None when there is no such item."""
+        require(actor, "annotator", "admin", to="work through the annotation queue")
+        last = func.max(Rating.id)
+        query = (select(Rating.ask_id)
+                 .where(Rating.rater == actor.rater, Rating.source == "annotation", _still_counts())
+                 .group_by(Rating.ask_id))
+        if before is not None:
+            query = query.having(last < before)
+        with self.db.read() as s:
+            ask_id = s.scalars(query.order_by(last.desc()).limit(1)).first()
+            return self._view(s, ask_id, actor) if ask_id is not None else None
+
+    def _queue_query(self, actor: Actor, filters: QueueFilter | None = None):
         counts = (
             select(Rating.ask_id, func.count(distinct(Rating.rater)).label("n"))
-            .where(Rating.source == "annotation")
+            .where(Rating.source == "annotation", _still_counts())
             .group_by(Rating.ask_id)
             .subquery()
         )
-        mine = select(Rating.ask_id).where(Rating.rater == actor.rater, Rating.source == "annotation")
+        mine = select(Rating.ask_id).where(Rating.rater == actor.rater, Rating.source == "annotation", _still_counts())
         skipped = select(Skip.ask_id).where(Skip.rater == actor.rater)
         resolved = select(Rating.ask_id).where(Rating.source == "resolution")  # an admin had the last word
         n = func.coalesce(counts.c.n, 0)
-        return (
+        query = (
             select(Ask.id)
             .outerjoin(counts, counts.c.ask_id == Ask.id)
             .where(Ask.consent.is_(True), n < self.ratings_per_item, Ask.id.not_in(mine), Ask.id.not_in(skipped),
                    Ask.id.not_in(resolved))
-            .order_by(n, Ask.created_at, Ask.id)
         )
+        return _matching(query, filters).order_by(n, Ask.created_at, Ask.id)
 
     def item(self, actor: Actor, ask_id: int) -> AskView:
         require(actor, "annotator", "admin", to="open stored answers")
@@ -489,13 +590,15 @@ class Store:
             for row in rows:
                 per_version[row.model_version_id].append(row)
             stats = [self._version_stats(versions[vid], asks, verdicts) for vid, asks in per_version.items()]
-            latest_rows = s.scalars(select(Rating).order_by(Rating.id.desc()).limit(LATEST_RATINGS)).all()
+            latest_rows = s.scalars(
+                select(Rating).where(_still_counts()).order_by(Rating.id.desc()).limit(LATEST_RATINGS)).all()
             annotators = None
             if admin:
                 start = datetime.combine(date.today(), time.min).astimezone(timezone.utc)
                 totals = s.execute(
                     select(Rating.rater, func.count(), func.count().filter(Rating.created_at >= start))
-                    .where(Rating.source == "annotation").group_by(Rating.rater).order_by(Rating.rater)
+                    .where(Rating.source == "annotation", _still_counts()).group_by(Rating.rater)
+                    .order_by(Rating.rater)
                 ).all()
                 annotators = [AnnotatorStats(r, n, today) for r, n, today in totals]
             agreement = self._agreement(s, verdicts, versions)
@@ -504,7 +607,7 @@ class Store:
                 asks=len(rows),
                 consented=sum(1 for r in rows if r.consent),
                 rated=sum(1 for v in votes.values() if v),
-                ratings=s.scalar(select(func.count()).select_from(Rating)) or 0,
+                ratings=s.scalar(select(func.count()).select_from(Rating).where(_still_counts())) or 0,
                 disputed=sum(1 for c in verdicts.values() if c.disputed),
                 versions=stats,
                 latest=[_rating_view(r, show_rater=admin) for r in latest_rows],
@@ -518,10 +621,27 @@ class Store:
         auto = [a for a in asks if a.mode == "auto"]
         high = sum(1 for a in auto if a.requested_high_res)
         saved = [a.saved_tokens for a in asks]
+        modes = [m for m in MODES if any(a.mode == m for a in asks)]
+        modes += sorted({a.mode for a in asks} - set(modes))  # a mode this code does not know still shows
         return VersionStats(
             model_id=version.model_id, revision=version.revision, asks=len(asks), judged=len(judged), correct=correct,
             accuracy=correct / len(judged) if judged else None, auto_asks=len(auto), high_res_requests=high,
             high_res_ratio=high / len(auto) if auto else None, tokens_saved_total=sum(saved), tokens_saved=saved,
+            mean_latency_s=sum(a.latency_s for a in asks) / len(asks) if asks else None,
+            accuracy_ci=wilson_interval(correct, len(judged)),
+            by_mode=[Store._mode_stats(m, [a for a in asks if a.mode == m], verdicts) for m in modes],
+        )
+
+    @staticmethod
+    def _mode_stats(mode: str, asks: list, verdicts: dict[int, Consensus]) -> ModeStats:
+        judged = [verdicts[a.id].verdict for a in asks if a.id in verdicts and verdicts[a.id].complete]
+        correct = sum(1 for v in judged if v == "correct")
+        high = sum(1 for a in asks if a.requested_high_res)
+        return ModeStats(
+            mode=mode, asks=len(asks), judged=len(judged), correct=correct,
+            accuracy=correct / len(judged) if judged else None, accuracy_ci=wilson_interval(correct, len(judged)),
+            high_res_requests=high, high_res_ratio=high / len(asks) if mode == "auto" and asks else None,
+            tokens_saved_total=sum(a.saved_tokens for a in asks),
             mean_latency_s=sum(a.latency_s for a in asks) / len(asks) if asks else None,
         )
 
@@ -640,7 +760,7 @@ class Store:
     def _consensus_items(self, since: datetime | None, consented_only: bool) -> Iterator[ConsensusItem]:
         with self.db.read() as s:
             ratings: dict[int, list[Rating]] = defaultdict(list)
-            for rating in s.scalars(select(Rating).order_by(Rating.id)):
+            for rating in s.scalars(select(Rating).where(_still_counts()).order_by(Rating.id)):
                 ratings[rating.ask_id].append(rating)
             query = self._asks_query(select(Ask), since, consented_only).order_by(Ask.id)
             last_image: tuple[int, bytes] | None = None  # answers about the same image usually come together
@@ -673,15 +793,17 @@ class Store:
     # --- helpers ---
 
     def _votes(self, s: Session) -> dict[int, list[Vote]]:
+        """The votes behind every answer's consensus, from the ratings that count (withdrawn ones never do)."""
         votes: dict[int, list[Vote]] = defaultdict(list)
         rows = s.execute(select(Rating.ask_id, Rating.rater, Rating.source, Rating.verdict, Rating.reference_answer,
-                                Rating.decision, Rating.id))
+                                Rating.decision, Rating.id).where(_still_counts()))
         for ask_id, rater, source, verdict, reference, decision, order in rows:
             votes[ask_id].append(Vote(rater, source, verdict, reference, decision, order))
         return votes
 
     def _ratings(self, s: Session, ask_id: int) -> list[Rating]:
-        return list(s.scalars(select(Rating).where(Rating.ask_id == ask_id).order_by(Rating.id)))
+        """The ratings of ``ask_id`` that count, oldest first."""
+        return list(s.scalars(select(Rating).where(Rating.ask_id == ask_id, _still_counts()).order_by(Rating.id)))
 
     def _view(self, s: Session, ask_id: int, actor: Actor, votes: list[Vote] | None = None) -> AskView:
         ask = s.get(Ask, ask_id)
@@ -704,7 +826,7 @@ def _ask_view(ask: Ask, ratings: list[RatingView] | None = None, agreed: Consens
         stop_reason=ask.stop_reason,
         tokens=TokenReport.build(low_res=ask.low_res_tokens, high_res=ask.high_res_tokens, full_res=ask.full_res_tokens),
         latency_s=ask.latency_s, consent=ask.consent, created_at=_utc(ask.created_at), ratings=ratings or [],
-        consensus=agreed,
+        consensus=agreed, comparison=ask.comparison,
     )
 
 
@@ -712,6 +834,30 @@ def _rating_view(r: Rating, show_rater: bool) -> RatingView:
     return RatingView(id=r.id, ask_id=r.ask_id, rater=r.rater if show_rater else None, source=r.source,
                       verdict=r.verdict, reference_answer=r.reference_answer, decision=r.decision,
                       comment=r.comment, created_at=_utc(r.created_at))
+
+
+def _still_counts():
+    """SQL: the ``Rating`` row counts: it is no withdrawal, and its rater has not withdrawn it since (a withdrawal
+    takes back every earlier rating of the answer by the same rater from the same source)."""
+    later = aliased(Rating)
+    withdrawn = (select(later.id)
+                 .where(later.ask_id == Rating.ask_id, later.rater == Rating.rater, later.source == Rating.source,
+                        later.verdict == WITHDRAWN, later.id > Rating.id)
+                 .exists())
+    return (Rating.verdict != WITHDRAWN) & ~withdrawn
+
+
+def _matching(query, filters: QueueFilter | None):
+    """``query`` (over ``Ask``) narrowed to the answers that match ``filters``."""
+    if filters is None:
+        return query
+    if filters.model_version is not None:
+        query = query.where(Ask.model_version_id == filters.model_version)
+    if filters.mode is not None:
+        query = query.where(Ask.mode == filters.mode)
+    if filters.requested_high_res is not None:
+        query = query.where(Ask.requested_high_res.is_(filters.requested_high_res))
+    return query
 
 
 def _utc(moment: datetime) -> datetime:
@@ -770,7 +916,7 @@ def question_key(question: str) -> str:
 
 
 __all__ = [
-    "Actor", "AskView", "ConsensusItem", "Dashboard", "NotFound", "PermissionDenied", "PurgeReport", "QueueProgress",
-    "RatingView", "Store", "StoreError", "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json",
+    "Actor", "AskView", "ConsensusItem", "Dashboard", "ModeStats", "NotFound", "PermissionDenied", "PurgeReport", "QueueFilter",
+    "QueueModel", "QueueProgress", "RatingView", "Store", "StoreError", "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json",
     "encode_png", "question_key", "require", "utcnow",
 ]

@@ -1,6 +1,7 @@
 """How several people's ratings of one answer become one judgement (the rule the dataset card states).
 
-1. Each rater counts once: their latest annotation rating. An admin's resolution, when there is one, decides
+1. Each rater counts once: their latest annotation rating. A rater who withdrew their rating (undid it, and has
+   not rated the answer again since) does not count at all. An admin's resolution, when there is one, decides
    outright and ends any dispute.
 2. Verdict: the raters who said "correct" or "incorrect" must all agree; "unsure" abstains. The item needs
    ``required`` raters before it has a consensus at all.
@@ -15,8 +16,13 @@ An item whose raters disagree on the verdict or the reference is *disputed* unti
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+#: The verdict of a withdrawal: a rater took back their earlier ratings of an answer (ratings are append-only, so an
+#: undo is a row too). It is no judgement: it is never counted, shown or exported, and neither is what it took back.
+WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,7 @@ class Vote:
 
     rater: str
     source: str  # annotation | thumbs | resolution
-    verdict: str  # correct | incorrect | unsure
+    verdict: str  # correct | incorrect | unsure | withdrawn
     reference_answer: str | None
     decision: str | None
     order: int  # later ratings have larger values (the row id)
@@ -51,11 +57,12 @@ def normalise(answer: str | None) -> str:
 
 
 def latest_per_rater(votes: Iterable[Vote], source: str = "annotation") -> list[Vote]:
+    """Each rater's latest vote from ``source``; a rater whose latest is a withdrawal has none."""
     latest: dict[str, Vote] = {}
     for vote in sorted(votes, key=lambda v: v.order):
         if vote.source == source:
             latest[vote.rater] = vote
-    return list(latest.values())
+    return [vote for vote in latest.values() if vote.verdict != WITHDRAWN]
 
 
 def consensus(votes: Iterable[Vote], required: int) -> Consensus:
@@ -92,6 +99,38 @@ def consensus(votes: Iterable[Vote], required: int) -> Consensus:
         disputed=disputed,
         resolved=False,
     )
+
+
+@dataclass(frozen=True)
+class Majority:
+    """What most raters chose, for an admin to start a resolution from; None where nobody chose, or where the top
+    choices tie."""
+
+    verdict: str | None
+    reference_answer: str | None
+    decision: str | None
+
+
+def majority(votes: Iterable[Vote]) -> Majority:
+    """Each rater's latest annotation counts once. The verdict and the decision are the choice made by more raters
+    than any other; the reference answer likewise, among the raters who judged the answer (correct or incorrect) and
+    gave one, compared after normalising, in the spelling of the latest rater who gave it."""
+    ratings = sorted(latest_per_rater(votes), key=lambda v: v.order)
+    judged = [v for v in ratings if v.verdict in ("correct", "incorrect") and normalise(v.reference_answer)]
+    reference = _plurality([normalise(v.reference_answer) for v in judged])
+    return Majority(
+        verdict=_plurality([v.verdict for v in ratings]),
+        reference_answer=None if reference is None else next(
+            v.reference_answer.strip() for v in reversed(judged) if normalise(v.reference_answer) == reference),
+        decision=_plurality([v.decision for v in ratings if v.decision]),
+    )
+
+
+def _plurality(values: list[str]) -> str | None:
+    ranked = Counter(values).most_common(2)
+    if not ranked or len(ranked) == 2 and ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0]
 
 
 def _decision_label(votes: list[Vote], required: int) -> bool | None:

@@ -45,8 +45,11 @@ DATA_SOURCE = "visionthink_studio"
 #: Test hook, read only here: seconds to sleep after each stored answer, so a test can stop an export midway.
 TEST_DELAY_ENV = "VISIONTHINK_EXPORT_TEST_DELAY_S"
 
-#: Why a consented answer is left out of an export (counted per stored answer, "ask").
+#: Why a stored answer is left out of an export (counted per stored answer, "ask"). The first two leave an answer out
+#: before it is looked at; every other answer is "considered", and each considered one is behind a row or left out
+#: for one of the other reasons.
 SKIP_REASONS = {
+    "before_since": "asked before the export's since-date",
     "no_consent": "the asker did not consent to training use (never exported, in any format)",
     "awaiting_ratings": "fewer ratings than the consensus needs, or every rater was unsure",
     "disputed": "the annotators disagree on the verdict or the reference answer, and no admin has resolved it",
@@ -77,6 +80,30 @@ class ExportError(StoreError):
     """An export that cannot be made as asked; the message says why and what to do."""
 
 
+class EmptyExportRefused(ExportError):
+    """The new export has no rows and would replace one that has; nothing was changed. ``counts`` says why it is
+    empty; export again with ``replace_with_empty=True`` (``--replace-with-empty``) to replace it anyway."""
+
+    def __init__(self, out: Path, counts: ExportCounts, current_rows: int) -> None:
+        self.out, self.counts, self.current_rows = out, counts, current_rows
+        super().__init__(
+            f"This {counts.format} export has 0 rows and would replace the current export at {out}, which has "
+            f"{current_rows} rows; nothing was changed. Replace it anyway only if an empty export is what you want "
+            "(--replace-with-empty on the command line)."
+        )
+
+
+@dataclass(frozen=True)
+class ExportCounts:
+    """The numbers a dataset card states: rows, and what happened to every stored answer."""
+
+    format: str
+    rows: int
+    answers: int  # stored answers behind the rows
+    considered: int  # consented stored answers asked since the since-date: behind a row, or skipped for a reason
+    skipped: dict[str, int]  # stored answers left out, by reason (see SKIP_REASONS)
+
+
 @dataclass(frozen=True)
 class ExportResult:
     path: Path  # the --out link
@@ -85,11 +112,16 @@ class ExportResult:
     rows: int
     skipped: dict[str, int]  # stored answers left out, by reason (see SKIP_REASONS)
     files: list[str]  # relative to path
+    counts: ExportCounts
 
 
 def export(store: Store, actor: Actor, fmt: str, out: Path, *, since: datetime | None = None,
-           progress: Progress | None = None) -> ExportResult:
-    """Export every consented answer (asked on or after ``since``) as ``fmt`` to the link ``out``; admins only."""
+           progress: Progress | None = None, replace_with_empty: bool = False) -> ExportResult:
+    """Export every consented answer (asked on or after ``since``) as ``fmt`` to the link ``out``; admins only.
+
+    An export with no rows never silently replaces one with rows: it raises ``EmptyExportRefused`` and leaves the
+    current export as it was, unless ``replace_with_empty``.
+    """
     require(actor, "admin", to="export data")
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -103,7 +135,10 @@ def export(store: Store, actor: Actor, fmt: str, out: Path, *, since: datetime |
         build = partial / "version"
         build.mkdir(parents=True)
         try:
-            rows, skipped = _build(store, actor, fmt, build, since, progress)
+            counts = _build(store, actor, fmt, build, since, progress)
+            current = current_rows(out)
+            if counts.rows == 0 and current and not replace_with_empty:
+                raise EmptyExportRefused(out, counts, current)
             _fsync_tree(build)
             version = versions / _tree_digest(build)[:16]
             if not version.exists():  # else the same content was exported before
@@ -114,7 +149,18 @@ def export(store: Store, actor: Actor, fmt: str, out: Path, *, since: datetime |
         previous = _point(out, version)
         _prune(versions, keep={version.name, previous})
     files = sorted(p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file())
-    return ExportResult(path=out, version=version, format=fmt, rows=rows, skipped=skipped, files=files)
+    return ExportResult(path=out, version=version, format=fmt, rows=counts.rows, skipped=counts.skipped, files=files,
+                        counts=counts)
+
+
+def current_rows(out: Path) -> int | None:
+    """The rows of the export the link ``out`` points at, as its dataset card states them; None when there is none."""
+    try:
+        card = (Path(out) / "README.md").read_text(encoding="utf-8") if Path(out).is_symlink() else ""
+    except OSError:
+        return None
+    found = re.search(r"^\| Rows \| (\d+) \|$", card, re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 def check_out(out: Path) -> None:
@@ -135,7 +181,7 @@ def check_out(out: Path) -> None:
 
 
 def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime | None,
-           progress: Progress | None) -> tuple[int, dict[str, int]]:
+           progress: Progress | None) -> ExportCounts:
     consented = store.count_asks(actor, since=since)
     builder: _Builder = BUILDERS[fmt](folder, store, actor)
     ticker = _Ticker(progress, consented * (2 if builder.two_passes else 1))
@@ -147,13 +193,18 @@ def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime |
             time.sleep(delay)
     rows = builder.finish(ticker)
     skipped = Counter(builder.skipped)
-    unconsented = store.count_asks(actor, consented_only=False, since=since) - consented
-    if unconsented > 0:
-        skipped["no_consent"] = unconsented
-    skipped = dict(sorted(skipped.items()))
-    card = _card(fmt, builder, rows, consented, skipped, since, store.ratings_per_item)
+    asked_since = store.count_asks(actor, consented_only=False, since=since)
+    if asked_since > consented:
+        skipped["no_consent"] = asked_since - consented
+    if since is not None:
+        older = store.count_asks(actor, consented_only=False) - asked_since
+        if older > 0:
+            skipped["before_since"] = older
+    counts = ExportCounts(format=fmt, rows=rows, answers=builder.facts.asks, considered=consented,
+                          skipped=dict(sorted(skipped.items())))
+    card = _card(builder, counts, since, store.ratings_per_item)
     (folder / "README.md").write_text(card, encoding="utf-8")
-    return rows, skipped
+    return counts
 
 
 class _Ticker:
@@ -633,9 +684,8 @@ def _rating_json(rating: RatingView) -> dict:
 # --- The dataset card ------------------------------------------------------------------------------------------
 
 
-def _card(fmt: str, builder: _Builder, rows: int, consented: int, skipped: dict[str, int], since: datetime | None,
-          ratings_per_item: int) -> str:
-    facts = builder.facts
+def _card(builder: _Builder, counts: ExportCounts, since: datetime | None, ratings_per_item: int) -> str:
+    facts, fmt, skipped = builder.facts, counts.format, counts.skipped
     front = "" if fmt == "jsonl" else "---\nconfigs:\n- config_name: default\n  data_files: data.parquet\n---\n\n"
     lines = [
         f"# VisionThink Studio export: {builder.title}",
@@ -645,9 +695,9 @@ def _card(fmt: str, builder: _Builder, rows: int, consented: int, skipped: dict[
         "| | |",
         "|---|---|",
         f"| Format | `{fmt}` (`python -m store.export --format {fmt}`) |",
-        f"| Rows | {rows} |",
-        f"| Stored answers behind the rows | {facts.asks} |",
-        f"| Consented stored answers considered | {consented} |",
+        f"| Rows | {counts.rows} |",
+        f"| Stored answers behind the rows | {counts.answers} |",
+        f"| Consented stored answers considered | {counts.considered} |",
         f"| Answers asked since | {since.isoformat() if since else 'the beginning'} |",
         f"| Newest answer in the rows | {_iso(facts.newest_ask)} |",
         f"| Newest rating of those answers | {_iso(facts.newest_rating)} |",
@@ -826,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the export's path: a link to a versioned folder beside it, swapped atomically")
     parser.add_argument("--since", type=_since, help="only answers asked on or after this day (UTC), YYYY-MM-DD")
     parser.add_argument("--db", help="database URL (default: VISIONTHINK_DB_URL)")
+    parser.add_argument("--replace-with-empty", action="store_true",
+                        help="let an export with no rows replace a current export that has rows (refused otherwise)")
     try:
         args = parser.parse_args(argv)
         settings = Settings.from_env()
@@ -845,7 +897,11 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(done - bar.n)
 
             store = Store(db_url, ratings_per_item=settings.ratings_per_item)
-            result = export(store, Actor.system(), args.format, args.out, since=args.since, progress=progress)
+            result = export(store, Actor.system(), args.format, args.out, since=args.since, progress=progress,
+                            replace_with_empty=args.replace_with_empty)
+    except EmptyExportRefused as exc:
+        print(f"{parser.prog}: error: {exc} Left out: {_left_out(exc.counts.skipped)}.", file=sys.stderr)
+        return 1
     except StoreError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -855,9 +911,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if store is not None:
             store.close()
-    skipped = ", ".join(f"{reason} {n}" for reason, n in result.skipped.items()) or "none"
-    print(f"Wrote {result.rows} {args.format} rows to {result.path} -> {result.version.name} (left out: {skipped}).")
+    print(f"Wrote {result.rows} {args.format} rows to {result.path} -> {result.version.name} "
+          f"(left out: {_left_out(result.skipped)}).")
     return 0
+
+
+def _left_out(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in skipped.items()) or "none"
 
 
 if __name__ == "__main__":

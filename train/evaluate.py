@@ -35,6 +35,7 @@ from typing import Any
 
 from visionthink.engine import MODES, Engine
 from visionthink.images import ImageError
+from visionthink.intervals import wilson_interval
 from visionthink.loader import ModelLoadError, load_engine
 from visionthink.settings import Settings, SettingsError
 
@@ -60,7 +61,9 @@ DEFINITIONS = {
     "well_formed_ratio": "episodes in the trained format (a direct answer, or one valid resize_image call, the full "
                          "image, then an answer) / episodes without engine errors",
     "by_kind": "the same aggregates per kind of question: the data's kind column (the miniature's), else its "
-               "needs_high_res label (needs_full_image / low_res_enough, the annotators' decision in store exports)",
+               "category column (a benchmark's), else its needs_high_res label (needs_full_image / low_res_enough, "
+               "the annotators' decision in store exports); accuracy_ci95 is the 95% Wilson score interval of "
+               "correct / judged",
     "comparisons": "each mode against high over the items both answered without engine errors (accuracy over the "
                    "items judged in both): accuracy difference in points, accuracy relative to high, visual "
                    "tokens relative to high, mean latency relative to high",
@@ -213,7 +216,8 @@ NEEDS_HIGH_RES_GROUPS = {True: "needs_full_image", False: "low_res_enough"}
 
 
 def _kind(record: dict) -> str | None:
-    return _text(record.get("kind")) or NEEDS_HIGH_RES_GROUPS.get(record.get("needs_high_res"))
+    return (_text(record.get("kind")) or _text(record.get("category"))
+            or NEEDS_HIGH_RES_GROUPS.get(record.get("needs_high_res")))
 
 
 def _text(value) -> str | None:
@@ -609,7 +613,9 @@ class Report:
             "items": self.data.get("items"),
             "settings": self.settings,
             "modes": {mode: dataclasses.asdict(summary) for mode, summary in self.modes.items()},
-            "by_kind": {kind: {mode: dataclasses.asdict(summary) for mode, summary in summaries.items()}
+            "by_kind": {kind: {mode: {**dataclasses.asdict(summary),
+                                      "accuracy_ci95": wilson_interval(summary.correct, summary.judged)}
+                               for mode, summary in summaries.items()}
                         for kind, summaries in self.by_kind.items()},
             "comparisons": {f"{c.mode}_vs_{c.baseline}": dataclasses.asdict(c) for c in self.comparisons.values()},
             "judge_stats": self.judge_stats,
@@ -644,12 +650,12 @@ class Report:
         lines.append("")
         if self.by_kind:
             lines.append("By kind of question:")
-            kind_rows = [("kind", "mode", "items", "accuracy", "high-res", "format", "tokens used")]
+            kind_rows = [("kind", "mode", "items", "accuracy (95% interval), n judged", "high-res", "format",
+                          "tokens used")]
             for kind, summaries in self.by_kind.items():
                 for s in summaries.values():
                     kind_rows.append((
-                        kind, s.mode, str(s.items),
-                        f"{_pct(s.accuracy)} ({s.correct}/{s.judged})" if s.judged else "—",
+                        kind, s.mode, str(s.items), _accuracy_with_interval(s),
                         _pct(s.high_res_ratio) if s.high_res_ratio is not None else "—",
                         _pct(s.well_formed_ratio), _num(s.mean_tokens_used),
                     ))
@@ -680,6 +686,14 @@ class Report:
             "latency: mean, p50 and p90 seconds per episode (engine time, judging excluded).",
         ]
         return "\n".join(lines)
+
+
+def _accuracy_with_interval(s: ModeSummary) -> str:
+    """"66.7% (20.8–93.9%), n=3": accuracy, its 95% Wilson interval and the judged answers it rests on."""
+    interval = wilson_interval(s.correct, s.judged)
+    if interval is None:
+        return "—, n=0"
+    return f"{_pct(s.accuracy)} ({interval[0] * 100:.1f}–{interval[1] * 100:.1f}%), n={s.judged}"
 
 
 def _pct(value: float | None) -> str:

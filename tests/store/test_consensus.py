@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from store.consensus import Vote, consensus, latest_per_rater, normalise
+from store.consensus import WITHDRAWN, Vote, consensus, latest_per_rater, normalise
 
 _order = itertools.count(1)
 
@@ -132,3 +132,14 @@ def test_needs_high_res_uses_each_raters_latest_decision() -> None:
 def test_no_votes() -> None:
     result = consensus([], required=2)
     assert (result.raters, result.verdict, result.needs_high_res, result.disputed) == (0, None, None, False)
+
+
+def test_a_withdrawn_rating_does_not_count_until_the_rater_rates_again() -> None:
+    bob, carol = vote("bob", "correct", "44.6"), vote("carol", "incorrect", "46.4")
+    withdrawn = vote("bob", WITHDRAWN)
+    assert latest_per_rater([bob, carol, withdrawn]) == [carol]
+    result = consensus([bob, carol, withdrawn], required=1)
+    assert (result.raters, result.verdict, result.disputed) == (1, "incorrect", False)
+    again = vote("bob", "incorrect", "46.4")
+    assert latest_per_rater([bob, carol, withdrawn, again]) == [again, carol]
+    assert consensus([bob, carol, withdrawn, again], required=2).verdict == "incorrect"

@@ -371,6 +371,33 @@ def test_a_real_folder_at_out_is_never_replaced(data: Data, tmp_path: Path) -> N
     assert (tmp_path / "mine" / "keep.txt").read_text() == "precious"
 
 
+def test_an_empty_export_never_silently_replaces_one_with_rows(data: Data, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "grpo"
+    good = export(data.store, Actor.system(), "grpo", out)
+    assert good.rows == 3 and store_export.current_rows(out) == 3
+    before, link = tree(out), os.readlink(out)
+    future = datetime(2999, 1, 1, tzinfo=timezone.utc)
+
+    with pytest.raises(store_export.EmptyExportRefused, match="has 0 rows and would replace .* which has 3 rows") as refused:
+        export(data.store, Actor.system(), "grpo", out, since=future)
+    counts = refused.value.counts
+    assert (counts.rows, counts.answers, counts.considered, counts.skipped) == (0, 0, 0, {"before_since": 10})
+    assert refused.value.current_rows == 3
+    assert os.readlink(out) == link and tree(out) == before
+    assert sorted(p.name for p in (tmp_path / ".grpo.versions").iterdir()) == [".lock", good.version.name]
+
+    command = ["--format", "grpo", "--out", str(out), "--since", "2999-01-01", "--db", data.url]
+    assert main(command) == 1
+    assert "0 rows and would replace" in capsys.readouterr().err and tree(out) == before
+    assert main(command + ["--replace-with-empty"]) == 0
+    assert store_export.current_rows(out) == 0
+    assert "| `before_since` | 10 | asked before the export's since-date |" in (out / "README.md").read_text()
+
+    # an empty export may replace an empty one, and any export with rows replaces it
+    assert export(data.store, Actor.system(), "grpo", out, since=future).rows == 0
+    assert export(data.store, Actor.system(), "grpo", out).version == good.version
+
+
 # --- Access, filters and the command line ------------------------------------------------------------------------
 
 

@@ -116,7 +116,7 @@ def test_every_stored_text_is_cleaned_and_reads_back(make_store, tmp_path, bad: 
         assert s.execute(select(Judgement.judge, Judgement.reference_answer)).one() == (clean("judge"), clean("47"))
         assert s.scalar(select(Skip.rater)) == clean("bob")
     assert store.judge_targets(admin, dirty("judge")) == []  # the judge is found again under its dirty name
-    assert store.next_item(bob) is None and store.progress(bob).done_today == 1
+    assert store.next_item(bob) is None and store.progress(bob).done == 1
     assert [a.judge for a in store.dashboard(admin).agreement] == [clean("judge")]
 
     result = export(store, admin, "jsonl", tmp_path / "out")

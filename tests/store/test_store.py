@@ -320,16 +320,16 @@ def test_only_consented_answers_are_queued(store: Store) -> None:
 def test_progress_counts_todays_answers_and_whats_left(store: Store) -> None:
     a1, a2, a3 = (record(store, seed) for seed in range(3))
     record(store, 9, consent=False)
-    assert store.progress(BOB) == QueueProgress(done_today=0, left=3)
+    assert store.progress(BOB) == QueueProgress(done=0, left=3)
     store.rate(BOB, a1, verdict="correct")
     store.rate(BOB, a1, verdict="incorrect")
-    assert store.progress(BOB) == QueueProgress(done_today=1, left=2)
+    assert store.progress(BOB) == QueueProgress(done=1, left=2)
     store.skip(BOB, a2)
-    assert store.progress(BOB) == QueueProgress(done_today=1, left=1)
+    assert store.progress(BOB) == QueueProgress(done=1, left=1)
     store.rate(CAROL, a3, verdict="correct")
     store.rate(DAVE, a3, verdict="correct")
-    assert store.progress(BOB) == QueueProgress(done_today=1, left=0)
-    assert store.progress(CAROL) == QueueProgress(done_today=1, left=2)
+    assert store.progress(BOB) == QueueProgress(done=1, left=0)
+    assert store.progress(CAROL) == QueueProgress(done=1, left=2)
 
 
 # --- Consensus, disputes and resolution ------------------------------------------------------------------------
