@@ -47,7 +47,7 @@ tiny-model: install
 	$(PY) -m visionthink.tiny --out $(or $(OUT),$(HOME)/.cache/visionthink/tiny-qwen2.5-vl)
 
 screenshot: install-dev system-test-deps
-	$(PY) -m tests.app.screenshot docs/screenshot.png
+	$(PY) -m tests.app.screenshot docs/screenshot.png docs/compare.png
 
 bench: install-dev system-test-deps
 	$(PY) -m bench.store_bench --write

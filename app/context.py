@@ -27,6 +27,9 @@ class Context:
     #: Where this page keeps the files it makes and receives (Gradio's cache for its components); only this page
     #: serves them. None: Gradio's shared folder.
     files_dir: Path | None = None
+    #: Where the studio is served (e.g. "/studio"), when there is one: the public page links to it and the studio
+    #: offers to sign out under it.
+    studio_path: str | None = None
 
     def actor(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Actor:
         return self.identity.actor(request, profile)

@@ -6,10 +6,13 @@ HTML-escaped here, so it always renders as text.
 from __future__ import annotations
 
 import html
+import io
 from dataclasses import dataclass, field
 
+from PIL import Image as PILImage
+
 from visionthink.engine import Done, Event, HighResRequested, TextDelta, TurnFinished, TurnRecord, TurnStarted
-from visionthink.images import TokenReport, full_res_size, low_res_size
+from visionthink.images import TokenReport, downsample, full_res_size, low_res_size
 
 BADGE_LOW = "Answered from the 1/4-resolution image"
 BADGE_HIGH = "Asked for the full-resolution image"
@@ -55,7 +58,8 @@ class Transcript:
         if index == 0:
             seen = f"the image at {_size(image_sizes[0])}"
         else:
-            seen = f"{len(image_sizes)} images ({', '.join(_size(s) for s in image_sizes)})"
+            count = f"{len(image_sizes)} images" if len(image_sizes) > 1 else "1 image"
+            seen = f"{count} ({', '.join(_size(s) for s in image_sizes)})"
         self.messages.append({
             "role": "assistant",
             "content": "",
@@ -138,9 +142,9 @@ def token_report(t: TokenReport, latency_s: float, turns: list[TurnRecord]) -> s
 <div><b>{t.used}</b> visual tokens used vs <b>{t.full_res}</b> at full resolution
  (<b>{t.retained_ratio:.1%}</b> of a full-resolution pass) — {saved}</div>
 <div style="margin:6px 0 2px">This answer: low-res {t.low_res} + high-res {t.high_res}</div>
-<div style="background:#e5e7eb;border-radius:4px;height:14px"><div style="width:{used_pct:.1f}%;background:{colour};height:14px;border-radius:4px"></div></div>
+<div class="vt-bar-track"><div class="vt-bar" style="width:{used_pct:.1f}%;background:{colour}"></div></div>
 <div style="margin:6px 0 2px">Single pass on the full image</div>
-<div style="background:#e5e7eb;border-radius:4px;height:14px"><div style="width:{full_pct:.1f}%;background:#6b7280;height:14px;border-radius:4px"></div></div>
+<div class="vt-bar-track"><div class="vt-bar" style="width:{full_pct:.1f}%;background:#6b7280"></div></div>
 <div style="margin-top:6px">Latency {latency_s:.2f} s ({per_turn})</div>
 </div>"""
 
@@ -151,3 +155,17 @@ def error_box(message: str) -> str:
 
 def note_box(message: str, elem_id: str = "vt-note") -> str:
     return f'<div class="vt-ok" id="{elem_id}">{text(message)}</div>'
+
+
+def answer_line(answer: str | None, stop_reason: str) -> str:
+    """A stored answer as one plain line for tables and lists: the answer, or why there is none. (A stored answer is
+    None whenever the model's last turn was no valid ``<answer>``: cut off, malformed, or a call at the turn limit.)"""
+    return answer if answer is not None else f"No answer ({stop_reason.replace('_', ' ')})"
+
+
+def seen_and_original(png: bytes) -> list[tuple[PILImage.Image, str]]:
+    """A stored image as a gallery: the 1/4-resolution view the model saw first, then the original, captioned."""
+    original = PILImage.open(io.BytesIO(png))
+    original.load()
+    low = downsample(original)
+    return [(low, f"Seen first: {_size(low.size)}"), (original, f"Original: {_size(original.size)}")]

@@ -30,6 +30,8 @@ from visionthink.settings import Settings
 
 log = logging.getLogger(__name__)
 STUDIO_PATH = "/studio"
+AUTH_MESSAGE = ("<h2>VisionThink Studio</h2><p>Sign in to annotate answers, see the dashboard or export training "
+                "data. Visitors can ask questions without signing in on the <a href='/'>public page</a>.</p>")
 
 
 @dataclass
@@ -72,9 +74,12 @@ def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=N
     examples = ensure_examples() if examples is None else examples
     on_spaces = bool(os.environ.get("SPACE_ID")) if on_spaces is None else on_spaces
 
+    with_studio = store is not None and directory.can_sign_in
+
     def page(mode: str, studio: bool, files_dir: Path | None = None) -> tuple[gr.Blocks, Identity]:
         identity = Identity(directory, mode)
-        ctx = Context(slot, store, identity, examples, settings=settings, studio=studio, files_dir=files_dir)
+        ctx = Context(slot, store, identity, examples, settings=settings, studio=studio, files_dir=files_dir,
+                      studio_path=STUDIO_PATH if with_studio and mode != "oauth" else None)
         return build_demo(ctx), identity
 
     if on_spaces:
@@ -82,7 +87,7 @@ def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=N
         return Pages(public, None, identity, store, slot, settings)
     public, identity = page("none", studio=False)
     studio = None
-    if store is not None and directory.can_sign_in:
+    if with_studio:
         studio, identity = page("password", studio=True, files_dir=studio_files_dir())
     elif store is not None:
         log.info("No users with passwords are configured (VISIONTHINK_USERS): the annotation studio is off.")
@@ -109,10 +114,17 @@ def create_app(pages: Pages):
     kwargs = launch_kwargs(settings)
     blocked: list[str] = []
     if pages.studio is not None:
+        from fastapi.responses import RedirectResponse
+
+        @app.get(STUDIO_PATH, include_in_schema=False)
+        def studio_without_slash():
+            # Where Gradio's sign-out sends people (and what people type): the studio itself lives at /studio/.
+            return RedirectResponse(f"{STUDIO_PATH}/")
+
         files = str(studio_files_dir())
         pages.studio.queue(max_size=settings.queue_size)
         app = gr.mount_gradio_app(app, pages.studio, path=STUDIO_PATH, auth=pages.identity.check_password,
-                                  auth_message="Sign in to annotate, see the dashboard or export.",
+                                  auth_message=AUTH_MESSAGE,
                                   allowed_paths=[files], **kwargs)
         blocked.append(files)
         app.add_middleware(

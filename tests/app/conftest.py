@@ -87,6 +87,19 @@ def forced_engine(tiny_model_dir: Path, turns: list[str] | None = None):
 
 PASSWORDS = {"ada": "ada-pass", "ann": "ann-pass", "root": "root-pass"}
 ROLES = {"ada": "annotator", "ann": "annotator", "root": "admin"}
+# The studio's first load fills every tab the role allows: 2-4 s, once a minute on a busy 2-core machine.
+SIGN_IN_TIMEOUT_MS = 120_000
+
+
+def sign_in(page, user: str) -> None:
+    """Sign in through the studio's login form (Gradio's own) on ``page``; returns once the studio greets them."""
+    from playwright.sync_api import expect
+
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(PASSWORDS[user])
+    page.get_by_role("button", name="Login").click()
+    expect(page.locator("#vt-who")).to_contain_text(f"Signed in as {user} ({ROLES[user]})",
+                                                    timeout=SIGN_IN_TIMEOUT_MS)
 
 
 @contextmanager
@@ -106,6 +119,7 @@ def serve_studio(tiny_model_dir: Path, tmp_path: Path, *, turns: list[str] | Non
     from visionthink.settings import Settings
 
     users = ";".join(f"{name}:{ROLES[name]}:{hash_password(pw)}" for name, pw in PASSWORDS.items())
+    settings_overrides.setdefault("export_dir", tmp_path / "exports")  # not the repository's data/exports
     settings = Settings(db_url=db_url or f"sqlite:///{tmp_path / 'studio.db'}", users=users, ratings_per_item=2,
                         **settings_overrides)
     pages = build_pages(settings, slot=ModelSlot.ready(engine or forced_engine(tiny_model_dir, turns)), examples=[],

@@ -1,6 +1,7 @@
-"""Draw docs/screenshot.png: the demo page after one full VisionThink episode, thinking sections opened.
+"""Draw docs/screenshot.png: the demo page after one full VisionThink episode, thinking sections opened; and
+docs/compare.png: the same question compared in the three modes.
 
-    python -m tests.app.screenshot docs/screenshot.png     (what `make screenshot` runs)
+    python -m tests.app.screenshot docs/screenshot.png docs/compare.png     (what `make screenshot` runs)
 
 Runs fully offline: the embedded miniature answers the pattern example by itself (nothing is scripted): it asks
 for the full image, then reads the texture. A `.jpg`/`.jpeg` output is written as JPEG.
@@ -57,6 +58,7 @@ def settle(page: Page) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="docs/screenshot.png", type=Path)
+    parser.add_argument("compare_out", nargs="?", default="docs/compare.png", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -74,12 +76,27 @@ def main(argv: list[str] | None = None) -> None:
             expect(page.locator("#ask-button")).to_be_visible()
             ask_and_open_thinking(page, fine.path, fine.question)
             settle(page)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            jpeg = args.out.suffix.lower() in (".jpg", ".jpeg")
-            page.screenshot(path=str(args.out), full_page=True, type="jpeg" if jpeg else "png",
-                            **({"quality": 85} if jpeg else {}))
-    size_kb = args.out.stat().st_size / 1024
-    print(f"wrote {args.out} ({size_kb:.0f} KB) in {time.monotonic() - started:.1f} s")
+            save(page, args.out)
+            page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
+            page.locator("#vt-compare-button").click()
+            expect(page.locator("#vt-compare-high-summary .vt-badge")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
+            page.mouse.move(0, 0)
+            settle(page)
+            save(page, args.compare_out, clip="#vt-compare")
+    for out in (args.out, args.compare_out):
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+    print(f"in {time.monotonic() - started:.1f} s")
+
+
+def save(page: Page, out: Path, clip: str | None = None) -> None:
+    """The whole page (or the element ``clip`` names) as PNG, or JPEG for a .jpg/.jpeg name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jpeg = out.suffix.lower() in (".jpg", ".jpeg")
+    options = {"type": "jpeg", "quality": 85} if jpeg else {"type": "png"}
+    if clip is None:
+        page.screenshot(path=str(out), full_page=True, **options)
+    else:
+        page.locator(clip).screenshot(path=str(out), **options)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def test_bad_input_shows_a_message_not_a_traceback(forced_app, tmp_path, chart, 
         path = tmp_path / "upload.png"
         path.write_bytes(content)
     client = Client(forced_app, verbose=False)
-    error, badge, chat, _gallery, tokens, _, _ = client.predict(handle_file(str(path)), question, "auto", api_name="/ask")
+    error, badge, chat, _gallery, tokens, *_ = client.predict(handle_file(str(path)), question, "auto",
+                                                            api_name="/ask")
     assert message in error
     assert "Traceback" not in error
     assert badge == "" and tokens == "" and chat == []
@@ -98,9 +99,9 @@ def test_app_entry_point_falls_back_to_the_embedded_miniature(tmp_path):
                                 api_name="/ask")
         fine = client.predict(handle_file(str(examples / "shape-pattern.png")), "What pattern fills the shape?",
                               "auto", api_name="/ask")
-        for error, badge, chat, _gallery, tokens, status, _ in (coarse, fine):
+        for error, badge, chat, _gallery, tokens, status, *_ in (coarse, fine):
             assert error == ""
-            assert "visionthink-miniature" in status and "synthetic task, not a general model" in status
+            assert status == "⚠️ Running a miniature demonstration model, not VisionThink (`visionthink-miniature`)."
             assert "visual tokens used" in tokens and chat[-1]["role"] == "assistant"
         assert "Answered from the 1/4" in coarse[1] and "red" in str(coarse[2][-1]["content"])
         assert "Asked for the full-resolution image" in fine[1] and "checkerboard" in str(fine[2][-1]["content"])

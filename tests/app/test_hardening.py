@@ -65,11 +65,11 @@ def test_studio_files_are_served_only_behind_its_login(studio, chart):
     url, _ = studio
     root = login(url, "root", download_files=False)
     ask(root, chart, "Which files leak?")
-    message, archive = root.predict("jsonl", "", api_name="/export")
+    message, archive, _report = root.predict("jsonl", "", api_name="/export")
     assert "Exported" in message
-    items = root.predict("", None, "", api_name="/annotate_skip")  # nothing on screen yet: opens the queue
-    gallery = items[2]
-    paths = [archive["path"]] + [entry["image"]["path"] for entry in gallery]
+    items = root.predict(api_name="/annotate_skip")  # nothing on screen yet: opens the queue
+    image = items[2]
+    paths = [archive["path"], image["path"]]
     for path in paths:
         assert Path(path).resolve().is_relative_to(studio_files_dir().resolve()), path
     with httpx.Client(timeout=30) as anonymous:
@@ -86,7 +86,7 @@ def test_archive_zip_is_readable(studio):
     """The export archive made in the studio's folder is a complete zip (it is written there, not copied)."""
     url, _ = studio
     root = login(url, "root")
-    message, archive = root.predict("jsonl", "", api_name="/export")
+    message, archive, _report = root.predict("jsonl", "", api_name="/export")
     assert "Exported" in message
     with zipfile.ZipFile(archive) as z:
         assert "items.jsonl" in z.namelist()

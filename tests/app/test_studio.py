@@ -6,13 +6,14 @@ from __future__ import annotations
 import zipfile
 
 import pytest
+from PIL import Image
 from gradio_client import Client, handle_file
 
 from store.api import Actor, Store
 from tests.app.conftest import PASSWORDS, serve_studio
 
-STUDIO_ENDPOINTS = {"/annotate_correct", "/annotate_incorrect", "/annotate_unsure", "/annotate_skip", "/dashboard",
-                    "/resolve", "/export"}
+STUDIO_ENDPOINTS = {"/annotate_correct", "/annotate_incorrect", "/annotate_unsure", "/annotate_skip",
+                    "/annotate_back", "/annotate_undo", "/dashboard", "/resolve", "/export"}
 
 
 def endpoints(client: Client) -> set[str]:
@@ -37,7 +38,7 @@ def ask(client: Client, image, question: str, consent: bool = True, mode: str = 
 def test_public_page_asks_and_stores_but_offers_nothing_else(studio, chart):
     url, db = studio
     public = Client(f"{url}/", verbose=False)
-    assert endpoints(public) == {"/ask", "/rate_correct", "/rate_incorrect"}
+    assert endpoints(public) == {"/ask", "/compare", "/rate_correct", "/rate_incorrect", "/rate_comparison"}
     error, badge, *_ = ask(public, chart, "Public question?", consent=False)
     assert error == "" and "Asked for the full-resolution image" in badge
     refused = public.predict("", None, api_name="/rate_correct")
@@ -69,9 +70,9 @@ def test_annotator_rates_from_ask_and_works_the_queue(studio, chart):
     assert "rating is saved" in saved
 
     first = ann.predict("", None, "", api_name="/annotate_correct")  # nothing loaded yet: shows the next item
-    _progress, message, gallery, header, tokens, chat, reference = first[:7]
-    assert "Item #" in header and len(gallery) == 2
-    assert [g["caption"] for g in gallery] == ["Seen first: 224×168", "Original: 448×336"]
+    progress, message, image, header, tokens, chat, reference = first[:7]
+    assert "Item #" in header and progress == "**Item 1 of 1** · 0 done · 1 left"
+    assert Image.open(image).size == (448, 336)  # the original, downloaded by the client
     assert "visual tokens used" in tokens
     assert reference == "The value is \\boxed{44.6}"  # pre-filled with the model's answer
     item = int(header.split("Item #")[1].split(" ")[0])
@@ -103,7 +104,7 @@ def test_dashboard_counts_ratings(studio, chart):
 def test_annotator_cannot_use_admin_handlers(studio):
     url, _ = studio
     ann = login(url, "ann")
-    message, archive = ann.predict("grpo", "", api_name="/export")
+    message, archive, _report = ann.predict("grpo", "", api_name="/export")
     assert "Only admin users may export data" in message and archive is None
     refused = ann.predict(1, "correct", "unsure", "x", api_name="/resolve")
     assert "Only admin users may resolve disagreements" in refused[0]
@@ -118,16 +119,17 @@ def test_admin_resolves_and_exports(studio, chart, tmp_path):
     store.rate(Actor("ada", "annotator"), target, verdict="correct", reference_answer="Q4")
     store.rate(Actor("ann", "annotator"), target, verdict="incorrect", reference_answer="Q3")
     assert target in [v.id for v in store.disputed(Actor.system())]
-    resolved, disputes = root.predict(target, "incorrect", "needed_full", "Q3", api_name="/resolve")
+    resolved, _picker, disputes, *_item = root.predict(target, "incorrect", "needed_full", "Q3",
+                                                      api_name="/resolve")
     assert f"Item #{target} is resolved" in resolved
     assert target not in [row[0] for row in disputes["data"]]
     assert store.item(Actor.system(), target).consensus.reference_answer == "Q3"
 
-    message, archive = root.predict("grpo", "", api_name="/export")
+    message, archive, _report = root.predict("grpo", "", api_name="/export")
     assert "Exported" in message
     with zipfile.ZipFile(archive) as z:
         names = z.namelist()
     assert "README.md" in names and any(n.endswith(".arrow") for n in names)
-    bad, none = root.predict("grpo", "yesterday", api_name="/export")
+    bad, none, _report = root.predict("grpo", "yesterday", api_name="/export")
     assert "not a date" in bad and none is None
     store.close()
