@@ -251,7 +251,7 @@ def build(ctx: Context) -> tuple[Callable, list]:
 
     # --- the controls ---
 
-    running = [ask, compare, retry, stop]
+    running = [ask, compare, retry, stop, question]  # what an answer in progress locks (Enter would ask again)
 
     def lock(action: str) -> Callable[[], dict]:
         """Before an answer runs: the buttons that would start another are disabled and Stop appears; the result
@@ -259,6 +259,7 @@ def build(ctx: Context) -> tuple[Callable, list]:
 
         def handler() -> dict:
             return {ask: gr.Button(interactive=False), compare: gr.Button(interactive=False),
+                    question: gr.Textbox(interactive=False),
                     retry: gr.Button(interactive=False), stop: gr.Button(visible=True), last_action: action,
                     compare_box: gr.Column(visible=action == "compare"),
                     chat: gr.Chatbot(visible=action != "compare"), seen: gr.Gallery(visible=action != "compare"),
@@ -273,6 +274,7 @@ def build(ctx: Context) -> tuple[Callable, list]:
 
     def unlock() -> dict:
         return {ask: gr.Button(interactive=True), compare: gr.Button(interactive=True),
+                question: gr.Textbox(interactive=True),
                 retry: gr.Button(interactive=True), stop: gr.Button(visible=False)}
 
     scroll = """(...args) => {
@@ -312,7 +314,7 @@ def build(ctx: Context) -> tuple[Callable, list]:
     stop.click(unlock, outputs=running, cancels=answering, queue=False, api_visibility="private")
 
     def clear_handler() -> dict:
-        return {**unlock(), image: None, question: "", error: "", decision: "", chat: gr.Chatbot([], visible=True),
+        return {**unlock(), image: None, question: gr.Textbox("", interactive=True), error: "", decision: "", chat: gr.Chatbot([], visible=True),
                 seen: gr.Gallery(None, visible=True), tokens: "",
                 ask_id: None, rate_panel: gr.Group(visible=False), rate_status: "", retry: gr.Button(interactive=False),
                 last_action: None, compare_box: gr.Column(visible=False), compare_ids: None, compare_json: None,

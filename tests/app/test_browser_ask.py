@@ -126,9 +126,10 @@ def test_stop_ends_the_generation_within_a_second(slow_studio, chart):
         page.locator("#ask-button").click()
         chat = page.locator("#vt-chat")
         expect(chat).to_contain_text("step step step", timeout=ANSWER_TIMEOUT_MS)
-        # while it answers, Ask and Compare cannot start another
+        # while it answers, neither Ask, Compare nor Enter in the question can start another
         expect(page.locator("#ask-button")).to_be_disabled()
         expect(page.locator("#vt-compare-button")).to_be_disabled()
+        expect(page.locator("#vt-question textarea")).to_be_disabled()
         assert generating()
         page.locator("#vt-stop").click()
         stopped = time.monotonic()
@@ -137,6 +138,7 @@ def test_stop_ends_the_generation_within_a_second(slow_studio, chart):
             time.sleep(0.02)
         assert not generating(), "the model was still generating a second after Stop"
         expect(page.locator("#vt-stop")).to_be_hidden()
+        expect(page.locator("#vt-question textarea")).to_be_enabled()
         expect(page.locator("#vt-tokens")).to_have_count(0)  # it never finished
 
 
