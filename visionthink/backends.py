@@ -19,6 +19,9 @@ from visionthink.engine import TurnOutput, TurnRequest
 from visionthink.images import MAX_PIXELS, MIN_PIXELS
 
 
+_KV = "transformers_kv"  # where a turn leaves its KV cache in ``TurnRequest.carry``
+
+
 class BackendError(RuntimeError):
     """A backend that cannot be reached or used; the message is for a person."""
 
@@ -37,6 +40,11 @@ class TransformersBackend:
 
     ``logits_processor_factory(turn_index)`` may return extra logits processors for a turn (constrained decoding,
     and the tests that force a tool call).
+
+    With ``reuse_kv`` (the default) a turn continues from the previous turn's KV cache: it prefills only what the
+    conversation added (the end of the model's turn, the tool response and the full image), and the vision tower
+    encodes only the new image. The result equals a full re-prefill (tests/visionthink/test_kv_reuse.py); how it
+    is done, and the ways it goes silently wrong, are in ``_continuation``.
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class TransformersBackend:
         model_id: str,
         *,
         logits_processor_factory: Callable[[int], list] | None = None,
+        reuse_kv: bool = True,
     ) -> None:
         from visionthink.hf import processor_pixel_limits
 
@@ -54,6 +63,7 @@ class TransformersBackend:
         self.model_id = model_id
         self.pixel_limits = processor_pixel_limits(processor)
         self.logits_processor_factory = logits_processor_factory
+        self.reuse_kv = reuse_kv
         # One model, one generation at a time: concurrent requests (two pages, two tabs) queue here.
         self._lock = threading.Lock()
         tokenizer = processor.tokenizer
@@ -88,13 +98,16 @@ class TransformersBackend:
 
         text = request.conversation.render()
         inputs = self.processor(text=[text], images=request.images, return_tensors="pt").to(self.model.device)
+        previous = request.carry.pop(_KV, None)
+        continuation = self._continuation(inputs, previous) if previous is not None else None
+        reused = continuation["past_key_values"].get_seq_length() if continuation else 0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
         cancelled = threading.Event()
         result: dict = {}
 
         def run() -> None:
             try:
-                result["ids"] = self._run_generate(inputs, streamer, request, cancelled)
+                result["out"] = self._run_generate(continuation or inputs, streamer, request, cancelled)
             except BaseException as exc:  # reported on the caller's thread below
                 result["error"] = exc
                 streamer.end()
@@ -114,8 +127,12 @@ class TransformersBackend:
         if "error" in result:
             raise result["error"]
 
+        out = result["out"]
+        if self.reuse_kv:
+            request.carry[_KV] = {"ids": out.sequences, "cache": out.past_key_values,
+                                  "images": len(request.images)}
         prompt_length = inputs["input_ids"].shape[1]
-        new_ids = result["ids"][0, prompt_length:].tolist()
+        new_ids = out.sequences[0, prompt_length:].tolist()
         finish_reason = "stop" if new_ids and new_ids[-1] in self._stop_ids else "length"
         decoded = self.processor.tokenizer.decode(new_ids, skip_special_tokens=False)
         merge = self.processor.image_processor.merge_size
@@ -126,7 +143,45 @@ class TransformersBackend:
             finish_reason=finish_reason,
             prompt_tokens=prompt_length,
             image_tokens=image_tokens,
+            reused_tokens=reused,
         )
+
+    def _continuation(self, inputs, previous: dict) -> dict | None:
+        """The generate() arguments that continue from the previous turn's KV cache, or None to prefill in full.
+
+        The cache holds every token of the previous turn but its last (sampled, never fed). It is used only when
+        this turn's tokens start with exactly those tokens (the conversation is rendered and tokenised anew, so a
+        tokenisation that differs from what the model generated falls back to a full prefill) and the cached part
+        holds exactly the previous turn's images. Then, following ../shared/notes/kv-reuse.md (transformers 5.23):
+
+        - M-RoPE positions are computed over the *whole* sequence with *every* image's grid and passed explicitly;
+          left to the model they would be computed over the uncached tail alone, or from the previous turn's
+          ``rope_deltas``, and the new image would get wrong positions without any error;
+        - only the new images' pixels and grids are passed, so the vision tower encodes only them (passing every
+          image raises, or with chunked prefill silently uses the wrong features).
+        """
+        import torch
+
+        cache, seen = previous["cache"], previous["ids"]
+        past = cache.get_seq_length()
+        ids = inputs["input_ids"]
+        if ids.shape[0] != 1 or ids.shape[1] <= past or not torch.equal(ids[0, :past], seen[0, :past].to(ids.device)):
+            return None
+        grids = inputs.get("image_grid_thw")
+        old = previous["images"]
+        merge = self.processor.image_processor.merge_size
+        per_image = (grids.prod(-1) // merge**2).tolist() if grids is not None else []
+        if int(inputs["mm_token_type_ids"][0, :past].ne(0).sum()) != sum(per_image[:old]):
+            return None  # an image straddles the cached part, or the previous turn saw other images
+        positions, _ = self.model.model.get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=grids,
+                                                       attention_mask=inputs["attention_mask"])
+        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "position_ids": positions,
+                     "past_key_values": cache}
+        if grids is not None and len(per_image) > old:
+            patches = int(grids[:old].prod(-1).sum())
+            arguments["pixel_values"] = inputs["pixel_values"][patches:]
+            arguments["image_grid_thw"] = grids[old:]
+        return arguments
 
     def _run_generate(self, inputs, streamer, request: TurnRequest, cancelled: threading.Event):
         import torch
@@ -147,6 +202,7 @@ class TransformersBackend:
             eos_token_id=self._stop_ids,
             pad_token_id=self._stop_ids[-1],
             suppress_tokens=self._suppress_ids,
+            return_dict_in_generate=True,  # with the KV cache, for the next turn
         )
         extra = self.logits_processor_factory(request.turn_index) if self.logits_processor_factory else []
         with torch.inference_mode():

@@ -92,12 +92,18 @@ class GenerationSettings:
 
 @dataclass
 class TurnRequest:
-    """One model turn to generate: the conversation so far and its images in slot order."""
+    """One model turn to generate: the conversation so far and its images in slot order.
+
+    ``carry`` is the same dict for every turn of one episode and is dropped with it: a backend may keep what it
+    needs from one turn for the next there (the local backend keeps the turn's KV cache, so the next turn prefills
+    only what it adds).
+    """
 
     conversation: protocol.Conversation
     images: list[PILImage.Image]
     settings: GenerationSettings
     turn_index: int
+    carry: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +115,8 @@ class TurnOutput:
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int | None = None
     image_tokens: list[int] | None = None  # visual tokens per image, as the backend's processor counted them
+    #: Prompt tokens taken from the previous turn's KV cache instead of being prefilled again (local backend).
+    reused_tokens: int = 0
 
 
 class Backend(Protocol):
@@ -338,12 +346,13 @@ class Engine:
         requested_high_res = False
         stop_reason: StopReason = "invalid"
         started = time.perf_counter()
+        carry: dict = {}  # the backend's state between this episode's turns
 
         for index in range(self.max_turns):
             yield TurnStarted(index, tuple(im.size for im in images))
             turn_started = time.perf_counter()
             output: TurnOutput | None = None
-            for item in self.backend.generate(TurnRequest(conversation, list(images), settings, index)):
+            for item in self.backend.generate(TurnRequest(conversation, list(images), settings, index, carry)):
                 if isinstance(item, TurnOutput):
                     output = item
                 elif item:
