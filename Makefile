@@ -53,6 +53,8 @@ bench: install-dev system-test-deps
 	$(PY) -m bench.store_bench --write
 	$(PY) -m bench.grpo_bench --write
 	$(PY) -m bench.miniature_bench --write
+	$(PY) -m bench.eval_throughput --write
+	$(PY) -m bench.engine --write
 
 # Retrain from the collected ratings (LoRA on one GPU by default); ARGS="--recipe … -- --field value" to change it.
 retrain: install

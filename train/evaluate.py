@@ -3,7 +3,9 @@
 ``python -m train.evaluate --model M --data D`` asks every item in the "auto", "low" and "high" modes, scores the
 answers with a judge (``train.judge``) and writes, under ``--out``: ``results.jsonl``, one line per item and mode,
 appended as each answer comes, so that a stopped run resumes where it stopped; ``summary.json``; ``summary.png``.
-The table goes to stdout, the progress bar to stderr.
+The table goes to stdout, the progress bar to stderr. Against a server (``--backend openai``), ``--concurrency N``
+keeps N episodes in flight, so that a large benchmark is bound by the server's throughput, not by one episode's
+latency; lines are then written in the order episodes finish, and the report does not depend on that order.
 
 Definitions (also written into ``summary.json``):
 
@@ -26,8 +28,10 @@ import logging
 import os
 import re
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -587,7 +591,7 @@ class Report:
     by_kind: dict[str, dict[str, ModeSummary]]
     settings: dict
     judge_stats: dict | None
-    run: dict  # what this invocation did: episodes run, reused from the results file, re-judged
+    run: dict  # what this invocation did: episodes run, reused from the results file, re-judged; its concurrency
     out_dir: Path
     notice: str | None = None
 
@@ -796,6 +800,93 @@ def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def check_concurrency(engine: Engine, concurrency: int) -> None:
+    """Refuse a concurrency the engine cannot give, before any episode runs."""
+    from visionthink.backends import TransformersBackend
+
+    if concurrency < 1:
+        raise EvalError(f"--concurrency must be at least 1, not {concurrency}.")
+    if concurrency > 1 and isinstance(engine.backend, TransformersBackend):
+        raise EvalError(concurrency_refusal(concurrency))
+    if concurrency > engine.max_concurrent:
+        raise EvalError(f"--concurrency {concurrency} asks for more episodes at once than the engine allows "
+                        f"({engine.max_concurrent}); build the Engine with max_concurrent={concurrency} "
+                        "(the command line does this itself).")
+
+
+def concurrency_refusal(concurrency: int) -> str:
+    return (f"--concurrency {concurrency} needs --backend openai (a server such as vLLM, which batches the requests "
+            "of many episodes). The transformers backend generates one turn at a time on its one model, so more "
+            "episodes in flight would only queue behind each other. Serve the model (e.g. `vllm serve MODEL "
+            "--limit-mm-per-prompt '{\"image\":2}'`) and pass --backend openai --base-url URL, or leave "
+            "--concurrency at 1.")
+
+
+class Episodes:
+    """The episodes ``todo`` ((position in ``items``, mode) pairs) of an evaluation, each run and judged; iterate for
+    each ``Result`` as it finishes. With ``concurrency`` 1 they run in order on the iterating thread; above, up to
+    ``concurrency`` run at once on worker threads and come in the order they finish.
+
+    Items are read on the iterating thread, only as a slot frees, so a large benchmark is never held in memory at
+    once. ``stop()`` starts nothing new and gives the episodes still in flight as they finish (on Ctrl-C, so that
+    their answers are not lost). Use it as a context manager: leaving it starts nothing more and does not wait for
+    the episodes still running (Python itself waits for their threads when the process exits).
+    """
+
+    def __init__(self, engine: Engine, items: Sequence[EvalItem], todo: Iterable[tuple[int, str]], *, judge,
+                 settings: dict, concurrency: int = 1) -> None:
+        self._engine, self._items, self._judge, self._settings = engine, items, judge, settings
+        self._todo = iter(todo)
+        self._concurrency = concurrency
+        self._running: set[Future] = set()
+        self._pool = (ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="evaluate-episode")
+                      if concurrency > 1 else None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def __iter__(self) -> Iterator[Result]:
+        if self._pool is None:
+            for position, mode in self._todo:
+                yield self._episode(self._items[position], mode)
+            return
+        while len(self._running) < self._concurrency and self._start_next():
+            pass
+        while self._running:
+            done, _ = wait(self._running, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._running.discard(future)
+                self._start_next()
+                yield future.result()  # an exception the episode did not catch (never an engine error) ends the run
+
+    def stop(self) -> Iterator[Result]:
+        """Start no more episodes; yield the ones in flight as they finish."""
+        self._todo = iter(())
+        for future in as_completed(list(self._running)):
+            self._running.discard(future)
+            yield future.result()
+
+    def _start_next(self) -> bool:
+        for position, mode in self._todo:
+            self._running.add(self._pool.submit(self._episode, self._items[position], mode))
+            return True
+        return False
+
+    def _episode(self, item: EvalItem, mode: str) -> Result:
+        result = ask(self._engine, item, mode, self._settings)
+        judge_results(self._judge, [result], {item.id: item})
+        return result
+
+    def __enter__(self) -> Episodes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            # Not waiting: after an error here, the episodes still running may take up to a request timeout.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def evaluate(
     engine: Engine,
     items: Sequence[EvalItem],
@@ -806,14 +897,19 @@ def evaluate(
     progress: bool = True,
     retry_failed: bool = False,
     data: dict | None = None,
+    concurrency: int = 1,
 ) -> Report:
     """Ask every item in every mode, judge, and write ``results.jsonl``, ``summary.json`` and ``summary.png``.
 
     Results already in ``out_dir/results.jsonl`` for the same model and settings are reused (a stopped run
     resumes); results whose verdict is missing or came from another judge are judged again; failed episodes are
     run again only with ``retry_failed``. A newer line for an item and mode supersedes an older one.
+
+    ``concurrency`` episodes run at once (``Episodes``; the engine needs as many slots, ``max_concurrent``, and a
+    server backend); each result is written as it finishes, so the lines' order then differs from the items'.
     """
     modes = parse_modes(modes)
+    check_concurrency(engine, concurrency)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = list(getattr(items, "ids", None) or [item.id for item in items])
@@ -850,22 +946,33 @@ def evaluate(
 
         from tqdm import tqdm
 
+        todo = [(position, mode) for position, item_id in enumerate(ids) for mode in modes
+                if (item_id, mode) in pending]
+        started, cpu_started = time.perf_counter(), time.process_time()
         with tqdm(total=len(pending), desc=f"Evaluating {model_slug(model)}", unit="episode", file=sys.stderr,
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for position, item_id in enumerate(ids):
-                todo = [m for m in modes if (item_id, m) in pending]
-                if not todo:
-                    continue
-                item = items[position]
-                for mode in todo:
-                    bar.set_postfix_str(f"{item_id[:24]} {mode}")
-                    result = ask(engine, item, mode, settings)
-                    judge_results(judge, [result], {item.id: item})
-                    results_log.append(result)
-                    current[(item_id, mode)] = result
-                    counts["run"] += 1
-                    counts["failed"] += result.failed
-                    bar.update(1)
+                  disable=not progress, dynamic_ncols=True) as bar, \
+                Episodes(engine, items, todo, judge=judge, settings=settings, concurrency=concurrency) as episodes:
+
+            def record(result: Result) -> None:  # only this thread writes the file: whole lines, one at a time
+                results_log.append(result)
+                current[(result.item, result.mode)] = result
+                counts["run"] += 1
+                counts["failed"] += result.failed
+                bar.set_postfix_str(f"{result.item[:24]} {result.mode}")
+                bar.update(1)
+
+            try:
+                for result in episodes:
+                    record(result)
+            except KeyboardInterrupt:
+                if episodes.in_flight:
+                    log.warning("Stopping: finishing the %d episodes in flight and writing them first.",
+                                episodes.in_flight)
+                    for result in episodes.stop():
+                        record(result)
+                raise
+        episodes_wall_s = time.perf_counter() - started
+        episodes_cpu_s = time.process_time() - cpu_started  # this process's, every thread: is the client the limit?
         counts["unreadable_lines"] = results_log.unreadable
 
     by_mode = {mode: {i: current[(i, mode)] for i in ids if (i, mode) in current} for mode in modes}
@@ -890,7 +997,9 @@ def evaluate(
         judge_stats=stats.as_dict() if hasattr(stats, "as_dict") else None,
         run={"episodes_run": counts["run"], "episodes_failed": counts["failed"], "reused": counts["reused"],
              "rejudged": counts["rejudged"], "rows_of_other_runs": counts["other_runs_rows"],
-             "unreadable_lines": counts["unreadable_lines"]},
+             "unreadable_lines": counts["unreadable_lines"], "concurrency": concurrency,
+             "episodes_wall_s": round(episodes_wall_s, 3), "episodes_cpu_s": round(episodes_cpu_s, 3),
+             "episodes_per_s": round(counts["run"] / episodes_wall_s, 3) if counts["run"] and episodes_wall_s else None},
         out_dir=out,
         notice=engine.notice,
     )
@@ -930,6 +1039,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE).")
     parser.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
     parser.add_argument("--retry-failed", action="store_true", help="Run again the episodes that failed last time.")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="Episodes in flight at once (default 1). Above 1 needs --backend openai: a server such "
+                             "as vLLM batches them, so a large benchmark runs at the server's throughput.")
     parser.add_argument("--allow-fallback", action="store_true",
                         help="Evaluate the embedded miniature when the model cannot be loaded (it knows only its "
                              "synthetic task; for smoke tests).")
@@ -952,7 +1064,7 @@ def default_out_dir(model_id: str) -> Path:
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env().override(
         model=args.model, revision=args.revision, backend=args.backend, base_url=args.base_url, device=args.device,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, model_concurrency=args.concurrency,
         # The miniature knows only its synthetic task: evaluating it instead of the model asked for would mislead.
         fallback="miniature" if args.allow_fallback else "none",
     )
@@ -975,7 +1087,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         modes = parse_modes(args.modes)
+        if args.concurrency < 1:
+            raise EvalError(f"--concurrency must be at least 1, not {args.concurrency}.")
         settings = _settings(args)
+        if args.concurrency > 1 and settings.backend != "openai":
+            raise EvalError(concurrency_refusal(args.concurrency))  # before loading a model for nothing
         judge = _judge(args.judge)
         items = load_items(args.data, args.split, limit=args.limit)
     except (EvalError, SettingsError, JudgeError) as exc:
@@ -999,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).expanduser() if args.out else default_out_dir(engine.model_id)
         try:
             report = evaluate(engine, items, modes=modes, judge=judge, out_dir=out, progress=not args.no_progress,
-                              retry_failed=args.retry_failed)
+                              retry_failed=args.retry_failed, concurrency=args.concurrency)
         except EvalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -1012,6 +1128,9 @@ def main(argv: list[str] | None = None) -> int:
         if close is not None:
             close()
     print(report.table())
+    if report.run["episodes_per_s"]:
+        print(f"Ran {report.run['episodes_run']} episodes in {report.run['episodes_wall_s']:.1f} s "
+              f"({report.run['episodes_per_s']:.2f} episodes/s, {args.concurrency} at a time).", file=sys.stderr)
     print(f"Wrote {report.results_path}, {report.summary_json} and {report.summary_png}.", file=sys.stderr)
     episodes = sum(s.items for s in report.modes.values())
     if episodes and all(s.errors == s.items for s in report.modes.values()):

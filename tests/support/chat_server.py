@@ -33,6 +33,15 @@ Malformed replies, for clients that must survive a broken server or proxy:
   without ``choices``) under ``content_type`` (``application/json``);
 * ``Reply(content=None)``: a completion whose ``message.content`` is ``null``;
 * ``Reply(headers={"retry-after-ms": "1"})``: extra headers on any response.
+
+Speed and load, for throughput tests and benchmarks:
+
+* ``ChatServer(token_delay_s=0.01)``: every completion takes that long per
+  completion token (the pieces ``usage`` counts), like a server generating at a
+  fixed speed: a streamed reply spreads the time evenly over its content
+  chunks, a non-streamed one waits before it answers;
+* ``server.in_flight`` / ``server.max_in_flight``: chat requests being answered
+  now / the most at once since the server started.
 """
 
 from __future__ import annotations
@@ -163,6 +172,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # safety net only; ChatServer joins its threads itself
     block_on_close = False
     allow_reuse_address = True
+    # A listen backlog like a real server's: socketserver's default of 5 overflows when dozens of clients connect at
+    # once (an evaluation with --concurrency 64), and Linux then drops their connection attempts for a second.
+    request_queue_size = 128
 
     def __init__(self, owner: "ChatServer") -> None:
         self.owner = owner
@@ -262,15 +274,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_json(400, f"Malformed JSON body: {exc}", "invalid_json")
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
+        self.owner._begin_request()
         try:
-            reply = self.owner._next_reply(body, headers)
-        except _ScriptError as exc:
-            self._send_error_json(500, str(exc), "script_error")
-            return
-        try:
-            self._answer(body, reply)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError):
-            self.close_connection = True  # client gave up (e.g. its timeout fired)
+            try:
+                reply = self.owner._next_reply(body, headers)
+            except _ScriptError as exc:
+                self._send_error_json(500, str(exc), "script_error")
+                return
+            try:
+                self._answer(body, reply)
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError):
+                self.close_connection = True  # client gave up (e.g. its timeout fired)
+        finally:
+            self.owner._end_request()
 
     def do_PUT(self) -> None:
         self._read_body()
@@ -316,8 +332,12 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+        generation_s = owner.token_delay_s * completion_tokens
 
         if not body.get("stream"):
+            if generation_s > 0 and owner._stopping.wait(generation_s):
+                self.close_connection = True
+                return
             self._send_json(
                 200,
                 {
@@ -362,6 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
         content = reply.content or ""
         for start in range(0, len(content), size):
             events.append(chunk([choice({"content": content[start : start + size]})]))
+        generating = max(1, len(events) - 1)  # the content chunks (or the finish chunk when there is no content)
         events.append(chunk([choice({}, reply.finish_reason)]))
         if include_usage:
             events.append(chunk([], usage))
@@ -378,6 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
             if index and reply.chunk_delay_s > 0 and owner._stopping.wait(reply.chunk_delay_s):
                 self.close_connection = True
                 return
+            if 1 <= index <= generating and generation_s > 0 and owner._stopping.wait(generation_s / generating):
+                self.close_connection = True
+                return
             self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")  # terminating zero-length chunk
@@ -392,7 +416,8 @@ class ChatServer:
 
     Attributes while running: ``base_url`` (``http://127.0.0.1:PORT/v1``), ``port``,
     ``requests`` / ``headers`` (snapshots, in arrival order), ``remaining`` (unused
-    script items; ``None`` for a callable).
+    script items; ``None`` for a callable), ``in_flight`` / ``max_in_flight``.
+    ``token_delay_s`` paces every completion (see the module docstring).
     """
 
     def __init__(
@@ -402,9 +427,13 @@ class ChatServer:
         model: str = "test-model",
         chunk_size: int = 3,
         host: str = "127.0.0.1",
+        token_delay_s: float = 0.0,
     ) -> None:
+        if token_delay_s < 0:
+            raise ValueError(f"token_delay_s must be 0 or more, not {token_delay_s}")
         self.model = model
         self.chunk_size = chunk_size
+        self.token_delay_s = token_delay_s  # seconds per completion token (see the module docstring)
         self.host = host
         self.created = int(time.time())
         if responses is None:
@@ -419,6 +448,8 @@ class ChatServer:
         self._requests: list[dict] = []
         self._headers: list[dict] = []
         self._served = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._stopping = threading.Event()
         self._conns: dict[threading.Thread, socket.socket] = {}
         self._httpd: _Server | None = None
@@ -486,6 +517,18 @@ class ChatServer:
             return list(self._headers)
 
     @property
+    def in_flight(self) -> int:
+        """Chat requests being answered now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat requests answered at once since the server started."""
+        with self._lock:
+            return self._max_in_flight
+
+    @property
     def remaining(self) -> int | None:
         if self._fn is not None:
             return None
@@ -500,6 +543,15 @@ class ChatServer:
     def _untrack(self, thread: threading.Thread, sock: socket.socket) -> None:
         with self._lock:
             self._conns.pop(thread, None)
+
+    def _begin_request(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _end_request(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _next_reply(self, body: dict, headers: dict) -> Reply:
         with self._lock:

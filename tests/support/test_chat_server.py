@@ -243,3 +243,37 @@ def test_concurrent_requests_and_clean_shutdown():
     keepalive.close()
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert leaked == []
+
+
+def test_in_flight_counts_requests_answered_at_once():
+    barrier = threading.Barrier(3, timeout=10)  # no request is answered until three are in flight together
+
+    def together(body):
+        barrier.wait()
+        return "done"
+
+    with ChatServer(together) as server:
+        assert (server.in_flight, server.max_in_flight) == (0, 0)
+        with _client(server) as client:
+            workers = [threading.Thread(target=client.chat.completions.create, kwargs={"model": "m", "messages": USER})
+                       for _ in range(3)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(15)
+        assert len(server.requests) == 3 and not barrier.broken
+        assert (server.in_flight, server.max_in_flight) == (0, 3)
+
+
+def test_token_delay_paces_a_reply_by_its_length_and_spreads_it_over_the_stream():
+    long_reply = " ".join(["word"] * 30)  # 30 tokens: 3 s at 0.1 s a token
+    with ChatServer(["ok", long_reply, long_reply], token_delay_s=0.1) as server:
+        with _client(server, timeout=1.0) as client:
+            assert client.chat.completions.create(model="m", messages=USER).choices[0].message.content == "ok"
+            with pytest.raises(openai.APITimeoutError):  # answered only once all 30 tokens are "generated"
+                client.chat.completions.create(model="m", messages=USER)
+            # streamed, the same reply comes a chunk at a time, each well within the read timeout
+            stream = client.chat.completions.create(model="m", messages=USER, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == long_reply
+    with pytest.raises(ValueError, match="token_delay_s"):
+        ChatServer(token_delay_s=-1)
