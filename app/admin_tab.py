@@ -95,7 +95,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
         return {
             detail: gr.Column(visible=True),
             header: _header(item),
-            images: seen_and_original(ctx.store.image_png(actor, item.image_sha256)),
+            images: seen_and_original(ctx.store.image_png(actor, item.image_sha256), item.mode),
             chat: stored_transcript(item.question, item.turns, mode=item.mode,
                                     requested_high_res=item.requested_high_res, answer=item.answer,
                                     stop_reason=item.stop_reason, original_size=item.image_size,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 
 from app.context import Context
-from app.render import Transcript, badge, error_box, note_box, text, token_report
+from app.render import Transcript, badge, error_box, note_box, seen_gallery, text, token_report
 from store.db import StoreError
 from visionthink.engine import COMPARE, MODE_LABELS, MODES, Done, Inputs, QuestionError, Waiting, prepare_inputs
 from visionthink.images import ImageError
@@ -185,7 +185,7 @@ def build(ctx: Context) -> tuple[Callable, list]:
                 stored_id, problem = _record(ctx, answer, inputs, allow_training, request, profile)
                 actor = ctx.actor(request, profile)
                 yield {error: problem, decision: badge(answer.mode, answer.requested_high_res),
-                       chat: transcript.messages, seen: seen_gallery(answer, inputs),
+                       chat: transcript.messages, seen: seen_gallery(answer.seen_images[0], inputs.image),
                        tokens: token_report(answer.tokens, answer.latency_s, answer.turns), status: status_line(ctx),
                        ask_id: stored_id,
                        rate_panel: gr.Group(visible=stored_id is not None and ctx.may_rate(actor))}
@@ -352,13 +352,13 @@ def build(ctx: Context) -> tuple[Callable, list]:
         if ctx.store is None or not ids:
             return {compare_status: error_box("There is no stored comparison to rate; compare the modes first.")}
         actor = ctx.actor(request, profile)
+        if any(key not in ids for key in MODES):
+            return {compare_status: error_box("This comparison is incomplete; compare the modes again.")}
+        verdicts = {int(ids[key]): "correct" if key in (right_modes or []) else "incorrect" for key in MODES}
         try:
-            for key in MODES:
-                ctx.store.rate(actor, int(ids[key]), verdict="correct" if key in (right_modes or []) else "incorrect",
-                               reference_answer=corrected, decision=decision_value, source="thumbs")
-        except (StoreError, KeyError) as exc:
-            return {compare_status: error_box(str(exc) if isinstance(exc, StoreError) else
-                                              "This comparison is incomplete; compare the modes again.")}
+            ctx.store.rate_many(actor, verdicts, reference_answer=corrected, decision=decision_value, source="thumbs")
+        except StoreError as exc:
+            return {compare_status: error_box(str(exc))}
         named = [MODE_TITLES[k] for k in MODES if k in (right_modes or [])]
         said = f"right: {', '.join(named)}" if named else "none of the three was right"
         return {compare_status: note_box(f"Thank you: your ratings are saved ({said}).", "vt-compare-saved"),
@@ -406,13 +406,6 @@ def model_failed(exc: Exception) -> str:
     reference = log_incident(log, "The model failed while answering", exc)
     return error_box(f"The model could not answer this time (reference {reference}). Try again in a minute; if it "
                      "keeps happening, give the operator this reference.")
-
-
-def seen_gallery(answer, inputs: Inputs) -> list:
-    w, h = answer.seen_images[0].size
-    original = inputs.image
-    return [(answer.seen_images[0], f"Seen first: {w}×{h}"),
-            (original, f"Original: {original.size[0]}×{original.size[1]}")]
 
 
 def compare_summary(answer) -> str:

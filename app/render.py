@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from PIL import Image as PILImage
 
 from visionthink.engine import Done, Event, HighResRequested, TextDelta, TurnFinished, TurnRecord, TurnStarted
-from visionthink.images import TokenReport, downsample, full_res_size, low_res_size
+from visionthink.images import TokenReport, downsample, full_res_size, full_resolution, low_res_size
 
 BADGE_LOW = "Answered from the 1/4-resolution image"
 BADGE_HIGH = "Asked for the full-resolution image"
@@ -163,9 +163,14 @@ def answer_line(answer: str | None, stop_reason: str) -> str:
     return answer if answer is not None else f"No answer ({stop_reason.replace('_', ' ')})"
 
 
-def seen_and_original(png: bytes) -> list[tuple[PILImage.Image, str]]:
-    """A stored image as a gallery: the 1/4-resolution view the model saw first, then the original, captioned."""
+def seen_gallery(first: PILImage.Image, original: PILImage.Image) -> list[tuple[PILImage.Image, str]]:
+    """The image the model saw first and the original, captioned with their sizes, for a gallery."""
+    return [(first, f"Seen first: {_size(first.size)}"), (original, f"Original: {_size(original.size)}")]
+
+
+def seen_and_original(png: bytes, mode: str) -> list[tuple[PILImage.Image, str]]:
+    """A stored answer's image as ``seen_gallery``: what the model saw first in ``mode`` (the 1/4 image, or the
+    full image in "high"), then the original."""
     original = PILImage.open(io.BytesIO(png))
     original.load()
-    low = downsample(original)
-    return [(low, f"Seen first: {_size(low.size)}"), (original, f"Original: {_size(original.size)}")]
+    return seen_gallery(full_resolution(original) if mode == "high" else downsample(original), original)

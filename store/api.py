@@ -423,6 +423,13 @@ class Store:
 
         Thumbs are for rating one's own answers: only the actor who asked may give them.
         """
+        return self.rate_many(actor, {ask_id: verdict}, reference_answer=reference_answer, decision=decision,
+                              comment=comment, source=source)[0]
+
+    def rate_many(self, actor: Actor, verdicts: dict[int, str], *, reference_answer: str | None = None,
+                  decision: str | None = None, comment: str = "", source: str = "annotation") -> list[int]:
+        """Rate several answers at once (``{ask id: verdict}``, e.g. the answers of one comparison) with the same
+        reference, decision and comment, in one transaction: all are added or none. Returns the ratings' ids."""
         if source not in SOURCES:
             raise StoreError(f"Unknown rating source {source!r}.")
         if source == "annotation":
@@ -431,23 +438,26 @@ class Store:
             require(actor, "admin", to="resolve disagreements")
         elif not actor.signed_in and not self.anonymous_thumbs:
             raise PermissionDenied("Rating is for signed-in users here; sign in to rate answers.")
-        if verdict not in VERDICTS:
-            raise StoreError(f"The verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}.")
+        for verdict in verdicts.values():
+            if verdict not in VERDICTS:
+                raise StoreError(f"The verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}.")
         if decision is not None and decision not in DECISIONS:
             raise StoreError(f"The decision must be one of {', '.join(DECISIONS)}, not {decision!r}.")
         reference_answer = _bounded(clean_text(reference_answer).strip(), self.max_text_chars, "reference answer")
         comment = _bounded(clean_text(comment).strip(), self.max_text_chars, "comment")
         with self.db.write() as s:
-            asked_by = self._locked_asker(s, ask_id)
-            if source == "thumbs" and asked_by != actor.rater:
-                raise PermissionDenied(
-                    "You can rate only the answers you asked for on this page; annotators rate other answers in the "
-                    "Annotate tab.")
-            rating = Rating(ask_id=ask_id, rater=actor.rater, source=source, verdict=verdict,
-                            reference_answer=reference_answer or None, decision=decision, comment=comment)
-            s.add(rating)
+            ratings = []
+            for ask_id, verdict in verdicts.items():
+                asked_by = self._locked_asker(s, ask_id)
+                if source == "thumbs" and asked_by != actor.rater:
+                    raise PermissionDenied(
+                        "You can rate only the answers you asked for on this page; annotators rate other answers in "
+                        "the Annotate tab.")
+                ratings.append(Rating(ask_id=ask_id, rater=actor.rater, source=source, verdict=verdict,
+                                      reference_answer=reference_answer or None, decision=decision, comment=comment))
+            s.add_all(ratings)
             s.flush()
-            return rating.id
+            return [r.id for r in ratings]
 
     def skip(self, actor: Actor, ask_id: int) -> None:
         require(actor, "annotator", "admin", to="work through the annotation queue")

@@ -599,3 +599,25 @@ def test_bad_users_files_are_refused_clearly(tmp_path, name: str, content: str, 
 def test_a_missing_users_file_is_named(tmp_path) -> None:
     with pytest.raises(StoreError, match="users file .*missing.json does not exist"):
         parse_users(file=tmp_path / "missing.json")
+
+
+def test_a_set_of_ratings_is_added_whole_or_not_at_all(store: Store) -> None:
+    """`rate_many` (a comparison's three answers rated at once): every rating in one transaction; one answer the
+    rater may not rate refuses the whole set, and nothing is written."""
+    mine = [record(store, seed, by=BOB) for seed in range(3)]
+    theirs = record(store, 7, by=CAROL)
+    ids = store.rate_many(BOB, {mine[0]: "correct", mine[1]: "incorrect", mine[2]: "correct"},
+                          reference_answer="44.6", decision="needed_full", source="thumbs")
+    assert len(set(ids)) == 3
+    with store.db.read() as s:
+        rows = s.execute(select(Rating.ask_id, Rating.verdict, Rating.decision, Rating.reference_answer)
+                         .order_by(Rating.ask_id)).all()
+    assert [tuple(r) for r in rows] == [(mine[0], "correct", "needed_full", "44.6"),
+                                        (mine[1], "incorrect", "needed_full", "44.6"),
+                                        (mine[2], "correct", "needed_full", "44.6")]
+    before = row_counts(store)
+    with pytest.raises(PermissionDenied):
+        store.rate_many(BOB, {mine[0]: "incorrect", theirs: "correct"}, source="thumbs")
+    with pytest.raises(StoreError, match="verdict"):
+        store.rate_many(BOB, {mine[0]: "incorrect", mine[1]: "maybe"}, source="thumbs")
+    assert row_counts(store) == before
