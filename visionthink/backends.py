@@ -44,7 +44,9 @@ class TransformersBackend:
     With ``reuse_kv`` (the default) a turn continues from the previous turn's KV cache: it prefills only what the
     conversation added (the end of the model's turn, the tool response and the full image), and the vision tower
     encodes only the new image. The result equals a full re-prefill (tests/visionthink/test_kv_reuse.py); how it
-    is done, and the ways it goes silently wrong, are in ``_continuation``.
+    is done, and the ways it goes silently wrong, are in ``_continuation``. On the CPU the language model's SDPA is
+    then switched to ``visionthink.attention`` (the same attention, without computing the masked half of the
+    continuation's prefill).
     """
 
     def __init__(
@@ -64,6 +66,10 @@ class TransformersBackend:
         self.pixel_limits = processor_pixel_limits(processor)
         self.logits_processor_factory = logits_processor_factory
         self.reuse_kv = reuse_kv
+        if reuse_kv:
+            from visionthink.attention import use_continuation_attention
+
+            use_continuation_attention(model)
         # One model, one generation at a time: concurrent requests (two pages, two tabs) queue here.
         self._lock = threading.Lock()
         tokenizer = processor.tokenizer
