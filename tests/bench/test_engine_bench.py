@@ -46,8 +46,11 @@ def test_quick_run_reports_every_mode_with_finite_ratios_and_floors(tmp_path):
         ratios = [_ratio(cell) for column, cell in row.items() if column.endswith(("/high", " floor"))]
         assert len(ratios) == 2 * (len(names) - 1)
         assert all(math.isfinite(r) and r > 0 for r in ratios), row
+    for row in rows:  # turn 2's own work, measured without the engine, gives auto a second floor
+        assert math.isfinite(_ratio(row["auto floor, turn 2's own work"]))
     for row in results["rows"]:
-        assert all(math.isfinite(x) and x > 0 for x in (*row["ratio_to_high"].values(), *row["floor"].values()))
+        assert all(math.isfinite(x) and x > 0 for x in (*row["ratio_to_high"].values(), *row["floor"].values(),
+                                                        row["floor_own_turn2"]))
         if results["reuse_switch"]:  # the switch reaches the backend: only "auto" starts turn 2 from turn 1's cache
             assert row["turns"]["auto"]["reused_tokens"][1] > 0
             assert row["turns"]["auto, no reuse"]["reused_tokens"][1] == 0
