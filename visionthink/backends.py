@@ -20,6 +20,7 @@ from visionthink.images import MAX_PIXELS, MIN_PIXELS
 
 
 _KV = "transformers_kv"  # where a turn leaves its KV cache in ``TurnRequest.carry``
+_EARLY = "transformers_early"  # where turn 1 leaves the full image it started encoding early
 
 
 class BackendError(RuntimeError):
@@ -47,6 +48,11 @@ class TransformersBackend:
     is done, and the ways it goes silently wrong, are in ``_continuation``. On the CPU the language model's SDPA is
     then switched to ``visionthink.attention`` (the same attention, without computing the masked half of the
     continuation's prefill).
+
+    With ``early_encode`` (and ``reuse_kv``), a turn that may ask for the full image starts encoding it at once, on a
+    CUDA side stream, while the turn itself runs (``EarlyImages``); if the model asks, the next turn takes those
+    features instead of running the vision tower, and if it does not, they are dropped with the episode. On the
+    CPU the encoding competes with the turn for the same cores, so ``early_encode="auto"`` leaves it off there.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class TransformersBackend:
         *,
         logits_processor_factory: Callable[[int], list] | None = None,
         reuse_kv: bool = True,
+        early_encode: bool | str = "auto",
     ) -> None:
         from visionthink.hf import processor_pixel_limits
 
@@ -66,6 +73,10 @@ class TransformersBackend:
         self.pixel_limits = processor_pixel_limits(processor)
         self.logits_processor_factory = logits_processor_factory
         self.reuse_kv = reuse_kv
+        if early_encode not in (True, False, "auto", "on", "off"):
+            raise ValueError(f"early_encode must be True, False, 'auto', 'on' or 'off', not {early_encode!r}.")
+        self.early_encode = reuse_kv and (early_encode in (True, "on") or
+                                          (early_encode == "auto" and model.device.type == "cuda"))
         if reuse_kv:
             from visionthink.attention import use_continuation_attention
 
@@ -87,13 +98,14 @@ class TransformersBackend:
         device: str = "auto",
         local_files_only: bool = False,
         model_id: str | None = None,
+        early_encode: bool | str = "auto",
     ) -> TransformersBackend:
         """Load a checkpoint (hub id or folder) through ``from_pretrained``."""
         from visionthink.hf import load_model, load_processor
 
         processor = load_processor(name_or_path, revision=revision, local_files_only=local_files_only)
         model = load_model(name_or_path, revision=revision, device=device, local_files_only=local_files_only)
-        return cls(model, processor, model_id or name_or_path)
+        return cls(model, processor, model_id or name_or_path, early_encode=early_encode)
 
     def _generate_turn(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
         with self._lock:
@@ -102,10 +114,13 @@ class TransformersBackend:
     def _generate_turn_locked(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
         from transformers import TextIteratorStreamer
 
+        if self.early_encode and request.upcoming:
+            request.carry[_EARLY] = EarlyImages(self.model, self.processor, request.upcoming)
         text = request.conversation.render()
         inputs = self.processor(text=[text], images=request.images, return_tensors="pt").to(self.model.device)
         previous = request.carry.pop(_KV, None)
-        continuation = self._continuation(inputs, previous) if previous is not None else None
+        early = request.carry.pop(_EARLY, None) if not request.upcoming else None
+        continuation = self._continuation(inputs, previous, early) if previous is not None else None
         reused = continuation["past_key_values"].get_seq_length() if continuation else 0
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
         cancelled = threading.Event()
@@ -152,7 +167,7 @@ class TransformersBackend:
             reused_tokens=reused,
         )
 
-    def _continuation(self, inputs, previous: dict) -> dict | None:
+    def _continuation(self, inputs, previous: dict, early: EarlyImages | None = None) -> dict | None:
         """The generate() arguments that continue from the previous turn's KV cache, or None to prefill in full.
 
         The cache holds every token of the previous turn but its last (sampled, never fed). It is used only when
@@ -164,7 +179,8 @@ class TransformersBackend:
           left to the model they would be computed over the uncached tail alone, or from the previous turn's
           ``rope_deltas``, and the new image would get wrong positions without any error;
         - only the new images' pixels and grids are passed, so the vision tower encodes only them (passing every
-          image raises, or with chunked prefill silently uses the wrong features).
+          image raises, or with chunked prefill silently uses the wrong features); or, when ``early`` encoded
+          exactly those pixels already, its features (Transformers' ``mm_encoder_outputs``) and no pixels.
         """
         import torch
 
@@ -185,8 +201,13 @@ class TransformersBackend:
                      "past_key_values": cache}
         if grids is not None and len(per_image) > old:
             patches = int(grids[:old].prod(-1).sum())
-            arguments["pixel_values"] = inputs["pixel_values"][patches:]
-            arguments["image_grid_thw"] = grids[old:]
+            pixels, grid = inputs["pixel_values"][patches:], grids[old:]
+            features = early.take(pixels, grid) if early is not None else None
+            if features is not None:
+                arguments["mm_encoder_outputs"] = {"image": features}
+            else:
+                arguments["pixel_values"] = pixels
+            arguments["image_grid_thw"] = grid
         return arguments
 
     def _run_generate(self, inputs, streamer, request: TurnRequest, cancelled: threading.Event):
@@ -219,6 +240,60 @@ class TransformersBackend:
                 stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 streamer=streamer,
             )
+
+
+class EarlyImages:
+    """The vision tower's features of images a turn may ask for, computed while the turn runs.
+
+    A thread runs the image processor and the vision tower; on a CUDA GPU it queues the tower's kernels on a side
+    stream, so that they fill the gaps that decoding (bound by memory bandwidth) leaves on the GPU. ``take`` gives the
+    features for exactly the pixels and grid the next turn's processor produced, after the main stream has waited for
+    them, or None (other pixels, or a failure: the caller then encodes them as usual).
+    """
+
+    def __init__(self, model, processor, images: list) -> None:
+        self.model, self.processor, self.images = model, processor, list(images)
+        self._result: tuple | None = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._encode, name="visionthink-early-encode", daemon=True)
+        self.thread.start()
+
+    def _encode(self) -> None:
+        import contextlib
+
+        import torch
+
+        try:
+            device = self.model.device
+            processed = self.processor.image_processor(images=self.images, return_tensors="pt")
+            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+                pixels = processed["pixel_values"].to(device, non_blocking=True)
+                grid = processed["image_grid_thw"].to(device, non_blocking=True)
+                features = self.model.model.get_image_features(pixels, grid, return_dict=True)
+                done = None
+                if stream is not None:
+                    done = torch.cuda.Event()
+                    done.record(stream)
+            self._result = (pixels, grid, features, done, stream)
+        except BaseException as exc:  # reported as "not available": the next turn encodes as usual
+            self._error = exc
+
+    def take(self, pixel_values, grid):
+        """The features for ``pixel_values``/``grid``, or None when these are not the pixels that were encoded."""
+        import torch
+
+        self.thread.join()
+        if self._result is None:
+            return None
+        pixels, early_grid, features, done, stream = self._result
+        if done is not None:
+            torch.cuda.current_stream(pixels.device).wait_event(done)
+            for tensor in (pixels, *features.pooler_output):  # made on the side stream, used on the main one
+                tensor.record_stream(torch.cuda.current_stream(pixels.device))
+        same = (early_grid.shape == grid.shape and torch.equal(early_grid, grid.to(early_grid.device))
+                and pixels.shape == pixel_values.shape and torch.equal(pixels, pixel_values.to(pixels.device)))
+        return features if same else None
 
 
 class OpenAIBackend:

@@ -97,6 +97,9 @@ class TurnRequest:
     ``carry`` is the same dict for every turn of one episode and is dropped with it: a backend may keep what it
     needs from one turn for the next there (the local backend keeps the turn's KV cache, so the next turn prefills
     only what it adds).
+
+    ``upcoming`` holds the images that a tool call in this turn would add (the full image, in auto's turns before it
+    was given). A backend may start preparing them while the turn runs; the model may well not ask for them.
     """
 
     conversation: protocol.Conversation
@@ -104,6 +107,7 @@ class TurnRequest:
     settings: GenerationSettings
     turn_index: int
     carry: dict = field(default_factory=dict)
+    upcoming: list[PILImage.Image] = field(default_factory=list)
 
 
 @dataclass
@@ -352,7 +356,10 @@ class Engine:
             yield TurnStarted(index, tuple(im.size for im in images))
             turn_started = time.perf_counter()
             output: TurnOutput | None = None
-            for item in self.backend.generate(TurnRequest(conversation, list(images), settings, index, carry)):
+            # the full image a tool call would bring, when this turn may still ask for it
+            upcoming = [full] if mode == "auto" and not requested_high_res and index < self.max_turns - 1 else []
+            request = TurnRequest(conversation, list(images), settings, index, carry, upcoming)
+            for item in self.backend.generate(request):
                 if isinstance(item, TurnOutput):
                     output = item
                 elif item:

@@ -66,7 +66,8 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
         say(f"Looking for {name} …")
         hf.check_available(name, revision=settings.revision)
         say(f"Loading {name} (this can take a few minutes for a 7B model) …")
-        backend = TransformersBackend.load(name, revision=settings.revision, device=settings.device)
+        backend = TransformersBackend.load(name, revision=settings.revision, device=settings.device,
+                                           early_encode=settings.early_encode)
     except (hf.ModelUnavailable, OSError) as exc:
         if settings.fallback != "miniature":
             raise ModelLoadError(f"Could not load {name}: {exc}") from exc
@@ -79,7 +80,8 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
         say(notice)
         try:
             hf.check_available(str(folder))
-            backend = TransformersBackend.load(str(folder), device=settings.device, model_id=folder.name)
+            backend = TransformersBackend.load(str(folder), device=settings.device, model_id=folder.name,
+                                               early_encode=settings.early_encode)
         except (hf.ModelUnavailable, OSError) as fallback_exc:
             raise ModelLoadError(f"Could not load {name} ({exc}) nor the embedded miniature in {folder} "
                                  f"({fallback_exc}).") from fallback_exc

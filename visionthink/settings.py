@@ -37,6 +37,7 @@ class Settings:
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
     device: str = "auto"
+    early_encode: str = "auto"  # auto (on a CUDA GPU only) | on | off: encode the full image while turn 1 runs
     max_new_tokens: int = 2048
     temperature: float = 0.0
     top_p: float = 1.0
@@ -67,6 +68,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in ("transformers", "openai"):
             raise SettingsError(f"VISIONTHINK_BACKEND must be 'transformers' or 'openai', not {self.backend!r}.")
+        if self.early_encode not in ("auto", "on", "off"):
+            raise SettingsError(f"VISIONTHINK_EARLY_ENCODE must be 'auto', 'on' or 'off', not {self.early_encode!r}.")
         if self.fallback not in ("miniature", "none"):
             raise SettingsError(f"VISIONTHINK_FALLBACK must be 'miniature' or 'none', not {self.fallback!r}.")
         for name in _AT_LEAST_ONE:
@@ -115,6 +118,7 @@ ENV_NAMES = {
     "base_url": "VISIONTHINK_BASE_URL",
     "api_key": "VISIONTHINK_API_KEY",
     "device": "VISIONTHINK_DEVICE",
+    "early_encode": "VISIONTHINK_EARLY_ENCODE",
     "max_new_tokens": "VISIONTHINK_MAX_NEW_TOKENS",
     "temperature": "VISIONTHINK_TEMPERATURE",
     "top_p": "VISIONTHINK_TOP_P",

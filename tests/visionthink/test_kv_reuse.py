@@ -38,15 +38,17 @@ class Spy(TransformersBackend):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.outputs: list = []
+        self.carries: list[dict] = []
 
     def _generate_turn_locked(self, request):
+        self.carries.append(request.carry)
         for item in super()._generate_turn_locked(request):
             if not isinstance(item, str):
                 self.outputs.append(item)
             yield item
 
 
-def run(parts, image: Image.Image, question: str, *, reuse: bool, mode: str = "auto"):
+def run(parts, image: Image.Image, question: str, *, reuse: bool, mode: str = "auto", early: bool = False):
     """One episode: turn 1 forced to call resize_image; turn 2 free (greedy), its scores recorded."""
     model, processor = parts
     scores: list[torch.Tensor] = []
@@ -56,7 +58,7 @@ def run(parts, image: Image.Image, question: str, *, reuse: bool, mode: str = "a
     def factory(turn_index: int) -> list:
         return [ForceText(tool, end)] if turn_index == 0 else [Record(scores)]
 
-    backend = Spy(model, processor, "tiny", logits_processor_factory=factory, reuse_kv=reuse)
+    backend = Spy(model, processor, "tiny", logits_processor_factory=factory, reuse_kv=reuse, early_encode=early)
     engine = Engine(backend, settings=GenerationSettings(max_new_tokens=len(tool) + 1))
     turns = [e.turn for e in engine.stream(image, question, mode) if isinstance(e, TurnFinished)]
     first, second = backend.outputs
@@ -106,3 +108,74 @@ def test_an_error_turn_without_a_new_image_also_continues(parts):
     reused, got = run(parts, image, "What is it?", reuse=True, mode="low")
     assert reused[1].text == again[1].text
     assert max((a - b)[torch.isfinite(b)].abs().max().item() for a, b in zip(got, expected)) < 1e-4
+
+
+class VisionCalls:
+    """Counts the vision tower's calls, by the visual tokens each encodes."""
+
+    def __init__(self, model) -> None:
+        self.tokens: list[int] = []
+        merge = model.model.visual.spatial_merge_size
+        self.handle = model.model.visual.register_forward_pre_hook(
+            lambda module, args, kwargs: self.tokens.append(int(kwargs["grid_thw"].prod(-1).sum()) // merge**2),
+            with_kwargs=True)
+
+
+def test_the_full_image_encoded_during_turn_one_gives_what_encoding_it_in_turn_two_gives(parts):
+    image = noise(640, 480, seed=11)
+    calls = VisionCalls(parts[0])
+    try:
+        usual, expected = run(parts, image, "What does the small print say?", reuse=True)
+        late = list(calls.tokens)
+        calls.tokens.clear()
+        early, got = run(parts, image, "What does the small print say?", reuse=True, early=True)
+        ahead = list(calls.tokens)
+    finally:
+        calls.handle.remove()
+    assert early[1].text == usual[1].text
+    assert max((a - b)[torch.isfinite(b)].abs().max().item() for a, b in zip(got, expected)) < 1e-4
+    # the tower ran once per image either way: the 1/4 image for turn 1, the full image (four times its tokens)
+    assert sorted(late) == sorted(ahead) and len(ahead) == 2 and max(ahead) > 3 * min(ahead)
+
+
+def test_early_features_are_used_only_for_the_very_pixels_they_encode(parts):
+    from visionthink.backends import EarlyImages
+
+    model, processor = parts
+    image = noise(448, 336, seed=5)
+    early = EarlyImages(model, processor, [image])
+    processed = processor.image_processor(images=[image], return_tensors="pt")
+    pixels, grid = processed["pixel_values"], processed["image_grid_thw"]
+    assert early.take(pixels + 0.5, grid) is None  # other pixels (another image of the same size)
+    assert early.take(pixels, grid * 2) is None
+    features = early.take(pixels, grid)
+    assert features is not None and features.pooler_output[0].shape[0] == int(grid.prod()) // 4
+
+
+def test_early_features_the_model_did_not_ask_for_are_dropped(parts):
+    """The model answers at once: the early encoding is done and nothing of it reaches the answer."""
+    model, processor = parts
+    answer = processor.tokenizer.encode(protocol.answer_turn_text("a", "4"), add_special_tokens=False)
+    end = processor.tokenizer.convert_tokens_to_ids(protocol.IM_END)
+    calls = VisionCalls(model)
+    try:
+        backend = Spy(model, processor, "tiny", early_encode=True,
+                      logits_processor_factory=lambda i: [ForceText(answer, end)])
+        result = Engine(backend, settings=GenerationSettings(max_new_tokens=len(answer) + 1)).ask(
+            noise(448, 336, seed=9), "What is it?", "auto")
+        from visionthink.backends import _EARLY
+
+        backend.carries[0][_EARLY].thread.join(timeout=60)  # left to finish on its own; waited for here only
+    finally:
+        calls.handle.remove()
+    assert result.answer == "4" and not result.requested_high_res and len(result.turns) == 1
+    assert sorted(calls.tokens) == [48, 192]  # the 1/4 image for the turn, the full image ahead of a request
+
+
+def test_early_encoding_is_off_on_the_cpu_unless_asked_for(parts):
+    model, processor = parts
+    assert not TransformersBackend(model, processor, "tiny").early_encode
+    assert TransformersBackend(model, processor, "tiny", early_encode="on").early_encode
+    assert not TransformersBackend(model, processor, "tiny", early_encode="on", reuse_kv=False).early_encode
+    with pytest.raises(ValueError, match="early_encode"):
+        TransformersBackend(model, processor, "tiny", early_encode="sometimes")
