@@ -70,6 +70,7 @@ class Plan:
     repeats: int = 3
     tool_tokens: int = 60
     decode_steps: int = 16
+    early: bool = False  # also auto with early encoding, asking and answering at once (for a GPU)
 
 
 QUICK = Plan(sizes=((448, 336),), repeats=1, decode_steps=4)
@@ -83,6 +84,8 @@ class Variant:
     name: str
     mode: str
     reuse_kv: bool | None = None
+    early: bool = False  # the backend encodes the full image while turn 1 runs
+    asks: bool = True  # auto: turn 1 calls the tool (False: it answers at once, so the full image goes unused)
 
 
 def reuse_switch() -> bool:
@@ -92,11 +95,21 @@ def reuse_switch() -> bool:
     return "reuse_kv" in inspect.signature(TransformersBackend.__init__).parameters
 
 
-def variants(switch: bool) -> list[Variant]:
+def variants(switch: bool, early: bool = False) -> list[Variant]:
     if not switch:
         return [Variant("low", "low"), Variant("high", "high"), Variant("auto", "auto")]
-    return [Variant("low", "low"), Variant("high", "high"), Variant("auto", "auto", True),
-            Variant("auto, no reuse", "auto", False)]
+    chosen = [Variant("low", "low"), Variant("high", "high"), Variant("auto", "auto", True),
+              Variant("auto, no reuse", "auto", False)]
+    if early:
+        chosen += [Variant("auto, early", "auto", True, early=True),
+                   Variant("auto, answers at once", "auto", True, asks=False),
+                   Variant("auto, answers at once, early", "auto", True, early=True, asks=False)]
+    return chosen
+
+
+def asks(variant: Variant) -> bool:
+    """Whether the variant's episodes have two turns (auto, with a tool call first)."""
+    return variant.mode == "auto" and variant.asks
 
 
 # --- Forced turns ----------------------------------------------------------------------------------------------
@@ -155,6 +168,8 @@ def make_engine(model, processor, variant: Variant, turns: list[str], max_new_to
     from visionthink.engine import Engine, GenerationSettings
 
     extra = {} if variant.reuse_kv is None else {"reuse_kv": variant.reuse_kv}
+    if "early_encode" in inspect.signature(TransformersBackend.__init__).parameters:
+        extra["early_encode"] = variant.early
     backend = TransformersBackend(model, processor, "bench",
                                   logits_processor_factory=forcing_factory(processor.tokenizer, turns), **extra)
     return Engine(Recorder(backend), settings=GenerationSettings(max_new_tokens=max_new_tokens), max_turns=2)
@@ -176,7 +191,7 @@ def run_episode(engine, inputs, expected_tokens: list[int], device=None) -> dict
     seconds = time.perf_counter() - started
     generated = [turn.generated_tokens for turn in answer.turns]
     if answer.stop_reason != "answer" or generated != expected_tokens or answer.requested_high_res != (
-            inputs.mode == "auto"):
+            len(expected_tokens) == 2):
         raise RuntimeError(
             f"The forced {inputs.mode} episode went {answer.stop_reason} with turns of {generated} tokens (expected "
             f"{expected_tokens}, full image requested {answer.requested_high_res}); the forcing no longer matches "
@@ -356,16 +371,16 @@ def measure(model, processor, plan: Plan, *, log=None) -> dict:
     """Every variant on every size and answer length, interleaved, plus the model's own costs (see ``assemble``)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     switch = reuse_switch()
-    chosen = variants(switch)
+    chosen = variants(switch, plan.early)
     tokenizer = processor.tokenizer
     turns = {n: forced_turns(tokenizer, n, plan.tool_tokens) for n in plan.answer_tokens}
     engines = {}
     for n, (tool, answer) in turns.items():
         for variant in chosen:
-            forced = [tool, answer] if variant.mode == "auto" else [answer]
+            forced = [tool, answer] if asks(variant) else [answer]
             engines[variant.name, n] = make_engine(model, processor, variant, forced,
                                                    max_new_tokens=max(n, plan.tool_tokens) + 8)
-    expected = {(v.name, n): ([plan.tool_tokens, n] if v.mode == "auto" else [n]) for v in chosen
+    expected = {(v.name, n): ([plan.tool_tokens, n] if asks(v) else [n]) for v in chosen
                 for n in plan.answer_tokens}
     pictures = {size: noise_image(*size) for size in plan.sizes}
     inputs = {(size, v.name): engines[v.name, plan.answer_tokens[0]].prepare(pictures[size], QUESTION, v.mode)
@@ -414,14 +429,15 @@ def assemble(plan: Plan, chosen: list[Variant], switch: bool, runs: dict, costs:
             row = {"size": list(size), "answer_tokens": n, "visual_tokens": [cost["low"]["visual_tokens"],
                                                                              cost["full"]["visual_tokens"]],
                    "median_s": medians, "ratio_to_high": {name: s / high for name, s in medians.items()},
-                   "ideal_s": ideal, "floor": {v.name: ideal[v.mode] / high for v in chosen}, "turns": {},
+                   "ideal_s": ideal, "floor": {v.name: ideal[v.mode if asks(v) or v.mode != "auto" else "low"] / high
+                                                   for v in chosen}, "turns": {},
                    # auto's floor with turn 2 as the model's own work over turn 1's context (see turn_two_cost)
                    "floor_own_turn2": ideal["auto_context"] / high if "auto_context" in ideal else None,
                    "peak_gib": {v.name: max((r["peak_gib"] or 0.0 for r in runs[size, n, v.name]), default=0.0)
                                 for v in chosen},
                    "runs": {v.name: runs[size, n, v.name] for v in chosen}}
             for v in chosen:
-                if v.mode == "auto":
+                if asks(v):
                     episodes = runs[size, n, v.name]
                     row["turns"][v.name] = {
                         "turn_s": [statistics.median(r["turn_s"][i] for r in episodes) for i in range(2)],
@@ -492,7 +508,7 @@ def costs_table(results: dict) -> list[str]:
 
 def turns_table(results: dict, *, label: str = "") -> list[str]:
     """Auto's two turns, how much of turn 2's prompt came from turn 1's KV cache, and high beside them."""
-    autos = [Variant(**v) for v in results["variants"] if v["mode"] == "auto"]
+    autos = [v for v in (Variant(**v) for v in results["variants"]) if asks(v)]
     lines = [("| Attention " if label else "") + "| Image | Answer tokens | Variant | Turn 1 (s) | Turn 2 (s) | "
              "Turn-2 prompt tokens | of which reused from turn 1 | high (s) | Modelled high (s) |",
              "|---" * (1 if label else 0) + "|---|---:|---|---:|---:|---:|---:|---:|---:|"]

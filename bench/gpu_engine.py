@@ -46,8 +46,9 @@ SHAPES = {
     },
 }
 PLANS = {
-    "7b": bench.Plan(sizes=((1600, 1000), (2048, 2048)), answer_tokens=(16, 72), repeats=2, decode_steps=32),
-    "test": bench.Plan(sizes=((448, 336),), answer_tokens=(16, 72), repeats=1, decode_steps=4),
+    "7b": bench.Plan(sizes=((1600, 1000), (2048, 2048)), answer_tokens=(16, 72), repeats=2, decode_steps=32,
+                     early=True),
+    "test": bench.Plan(sizes=((448, 336),), answer_tokens=(16, 72), repeats=1, decode_steps=4, early=True),
 }
 HEADING = f"{bench.GPU_HEADING} (Qwen2.5-VL-7B shape)"
 
@@ -224,6 +225,10 @@ def markdown(result: dict, *, command: str) -> str:
     modes, turns = _stacked(result, bench.modes_table), _stacked(result, bench.turns_table)
     reuse = ("auto runs with `reuse_kv` on (\"auto\") and off (\"auto, no reuse\")" if first["reuse_switch"] else
              "`TransformersBackend` had no `reuse_kv` switch, so turn 2 prefills the whole conversation again")
+    early = ("\"auto, early\" encodes the full image on a side stream while turn 1 runs (`VISIONTHINK_EARLY_ENCODE`), "
+             "and \"auto, answers at once\" (with and without early encoding) forces turn 1 to answer, which is what "
+             "early encoding costs when the model does not ask; " if any(v.get("early") for v in first["variants"])
+             else "")
     return "\n".join([
         HEADING, "",
         f"Measured {result['when']} with `{command}` on {result['device']} (torch {result['torch']}, CUDA "
@@ -231,7 +236,8 @@ def markdown(result: dict, *, command: str) -> str:
         f"{result['size']} shape ({m['params']:,} parameters, vision {m['vision_params'] / 1e6:.1f} M, "
         f"{m['dtype']}; text {m['text']}; vision {m['vision']}), built on the device; the tiny model's tokenizer and "
         "processor with the checkpoint's limits. The method is the CPU section's: turns forced to an answer of N "
-        f"tokens and a {plan['tool_tokens']}-token tool call; {reuse}; {plan['repeats']} repetition(s) interleaved, "
+        f"tokens and a {plan['tool_tokens']}-token tool call; {reuse}; {early}{plan['repeats']} repetition(s) "
+        "interleaved, "
         f"medians; the floors modelled from the prefill and decode costs below ({plan['decode_steps']} decode steps, "
         "the median). TFLOP counts the matrix work from the shapes (`bench.gpu_engine.prefill_flops`: causal "
         "attention as half a square, logits for one position).",
