@@ -6,13 +6,14 @@ built from ``visionthink.protocol``, so TRL's tool loop appends, after the model
 
 - for a successful ``resize_image`` call (the tool returns content blocks: text, the full image, text), the trained
   tool-response turn, byte for byte (``protocol.tool_response_turn()``);
-- for a failed call (the tool returns only text, or TRL reports an unknown tool), the trained error turn
-  (``protocol.error_turn(message)``).
+- for a call the protocol refuses (the tool returns only text: ``protocol.call_error``'s message), the trained
+  error turn (``protocol.error_turn(message)``), the same text the engine sends.
 
-The system prompt is the dataset's own (``protocol.SYSTEM_PROMPT`` already carries the tool schema), so the
-``tools`` TRL passes are not rendered again. TRL cannot recognise a custom template, so ``install`` also gives the
-tokenizer the Qwen3 response parser, which reads ``<think>`` and Hermes ``<tool_call>`` JSON, the format the
-checkpoints write.
+Which of the two follows a turn is decided by the protocol (``train.environment.tool_calls_after``), not by the
+response parser. The system prompt is the dataset's own (``protocol.SYSTEM_PROMPT`` already carries the tool schema),
+so the ``tools`` TRL passes are not rendered again. TRL cannot recognise a custom template, so ``install`` also gives
+the tokenizer the Qwen3 response parser, which reads ``<think>`` and Hermes ``<tool_call>`` JSON, the format the
+checkpoints write; TRL uses it to read each turn into a message.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ class VisionThinkArguments:
     max_turn_tokens: int = field(default=8192, metadata={
         "help": "Tokens per model turn. max_completion_length must hold two turns, the tool text and the full "
                 "image's visual tokens; it is raised to that when smaller."})
+    max_prompt_tokens: int | None = field(default=8192, metadata={
+        "help": "Drop rows whose prompt (its text and the low view's visual tokens) is longer, with a logged count; "
+                "the released training's limit is 8192. null (in a recipe) keeps every row."})
     image_max_pixels: int | None = field(default=None, metadata={
         "help": "Lower the image processor's max_pixels (fewer visual tokens, less memory)."})
     freeze_vision_tower: bool = field(default=False, metadata={
@@ -50,6 +53,18 @@ class VisionThinkArguments:
     log_completions_jsonl: bool = field(default=True, metadata={
         "help": "Write every scored completion to output_dir/completions.jsonl (TRL's own log_completions "
                 "cannot log tool turns with images)."})
+    drop_uniform_groups: bool = field(default=False, metadata={
+        "help": "Leave out of the loss the groups whose rollouts all got the same reward (the released training "
+                "drops them): their advantage is 0, but they count in the loss's token normaliser and in the KL "
+                "and entropy terms. The fraction dropped is logged as groups/uniform_fraction."})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "Validation data (same formats as dataset), evaluated every eval_steps with eval_strategy=steps: "
+                "accuracy, format, penalty, high-resolution request ratio and tokens. With metric_for_best_model "
+                "(e.g. rewards/accuracy_reward/mean) the best checkpoint is kept and, with load_best_model_at_end, "
+                "is what the run saves."})
+    eval_rows: int = field(default=0, metadata={
+        "help": "Without eval_dataset: hold out this many rows of dataset (chosen with the run's seed) for "
+                "validation; they are never trained on."})
 
 
 class SetupError(ValueError):
@@ -117,7 +132,9 @@ def completion_budget(processor, max_turn_tokens: int) -> int:
 
 
 def trainer_class():
-    """GRPOTrainer with one fix for TRL 1.16, defined lazily so importing this module stays light."""
+    """GRPOTrainer with VisionThink's additions (defined lazily so importing this module stays light): a fix for TRL
+    1.16's tool loop, checkpoints that keep the checkpoint's own processor, and the optional filter of groups whose
+    rollouts all got the same reward."""
     import numpy as np
     import torch
     from trl import GRPOTrainer
@@ -135,7 +152,89 @@ def trainer_class():
                     fields[key] = torch.as_tensor(np.asarray(fields[key]))
             return prompt_ids, images, fields
 
+        def _tool_call_loop(self, prompts, prompt_ids, completion_ids, completions, *args):
+            """The protocol, not TRL's JSON parse, decides what follows each first turn, as in serving: the full
+            image, the trained error turn, or the end (``train.environment.tool_calls_after``)."""
+            from train.environment import tool_calls_after
+
+            for environment, ids, completion in zip(self.environments, completion_ids, completions, strict=True):
+                calls = tool_calls_after(environment, ids, self._tokenizer)
+                completion[0].pop("tool_calls", None)
+                if calls:
+                    completion[0]["tool_calls"] = calls
+            return super()._tool_call_loop(prompts, prompt_ids, completion_ids, completions, *args)
+
+        def _save(self, output_dir=None, state_dict=None):
+            """Every checkpoint (``checkpoint-N/`` too, not only the final save) gets the processor the engine and
+            the Hub expect: the checkpoint's own chat template and pixel limits, not the training ones."""
+            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save:
+                save_stock_processor(self, output_dir or self.args.output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if not load_full_weights(self, resume_from_checkpoint, model):
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def _load_best_model(self):
+            if not load_full_weights(self, self.state.best_model_checkpoint):
+                super()._load_best_model()
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._visionthink_rewards = rewards_per_func  # every process's, for the group filter below
+            return rewards_per_func
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            if getattr(self, "drop_uniform_groups", False):
+                drop_uniform_groups(self, output)
+            return output
+
     return VisionThinkGRPOTrainer
+
+
+def load_full_weights(trainer, folder, model=None) -> bool:
+    """Load a checkpoint's full weights into the run's model through ``from_pretrained``; False where Transformers'
+    own path applies (LoRA adapters, DeepSpeed, FSDP, or no full weights in the folder).
+
+    Transformers 5.23's Trainer reads a checkpoint's weights with a bare ``load_state_dict``, but ``save_pretrained``
+    writes Qwen2.5-VL under its legacy key names (``model.layers.*``, ``visual.*``): every key then misses, with
+    only a warning, and resuming or loading the best checkpoint silently keeps the weights in memory. Loading goes
+    through ``from_pretrained`` here, which renames the keys, and every key must match."""
+    import torch
+
+    model = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+    path = Path(folder)
+    names = ("model.safetensors", "model.safetensors.index.json")
+    if (hasattr(model, "peft_config") or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+            or not any((path / name).is_file() for name in names)):
+        return False
+    dtype = next(model.parameters()).dtype
+    loaded = type(model).from_pretrained(str(path), dtype=dtype, device_map="cpu")
+    with torch.no_grad():
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    return True
+
+
+def drop_uniform_groups(trainer, output: dict) -> None:
+    """Leave out of the loss the groups whose rollouts all got the same total reward (the released training drops
+    them). Their advantage is already 0, but they would still count in the loss's token normaliser and in the KL and
+    entropy terms, diluting the groups that carry a signal. Logged as ``groups/uniform_fraction``."""
+    import torch
+
+    mode = "train" if trainer.model.training else "eval"
+    group = trainer.num_generations if mode == "train" else trainer.num_generations_eval
+    rewards = (trainer._visionthink_rewards * trainer.reward_weights.to(trainer._visionthink_rewards.device)).nansum(1)
+    grouped = rewards.view(-1, group)
+    uniform = torch.isclose(grouped, grouped[:, :1]).all(dim=1).repeat_interleave(group)
+    local = output["completion_mask"].shape[0]
+    start = trainer.accelerator.process_index * local
+    keep = (~uniform[start:start + local]).to(output["completion_mask"].dtype).unsqueeze(1)
+    output["completion_mask"] = output["completion_mask"] * keep
+    loss_mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
+    output["num_items_in_batch"] = trainer.accelerator.gather(loss_mask.sum()).sum()
+    trainer._metrics[mode]["groups/uniform_fraction"].append(uniform.float().mean().item())
 
 
 def load_policy(model_args, training):
@@ -200,9 +299,28 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
         generation["logit_bias"] = {**generation.get("logit_bias", {}), **{i: -100.0 for i in vision_ids}}
     else:
         generation["suppress_tokens"] = sorted(set(generation.get("suppress_tokens", [])) | set(vision_ids))
+    # TRL caps each generate call at the whole completion budget; its tool loop calls generate once per model turn,
+    # and these keyword arguments override that cap, so each turn stops at max_turn_tokens.
+    generation["max_tokens" if training.use_vllm else "max_new_tokens"] = vt.max_turn_tokens
     training.generation_kwargs = generation
 
-    dataset = training_dataset(vt.dataset, vt.dataset_split, limit=vt.max_rows)
+    # Prepared once (by the main process; the others then read its cache) rather than on every rank at once.
+    with PartialState().main_process_first():
+        dataset = training_dataset(vt.dataset, vt.dataset_split, limit=vt.max_rows,
+                                   max_prompt_tokens=vt.max_prompt_tokens, processor=processor)
+        evaluation = None
+        if vt.eval_dataset:
+            evaluation = training_dataset(vt.eval_dataset, vt.dataset_split,
+                                          max_prompt_tokens=vt.max_prompt_tokens, processor=processor)
+        elif vt.eval_rows:
+            if vt.eval_rows >= len(dataset):
+                raise SetupError(f"eval_rows ({vt.eval_rows}) leaves nothing to train on: {vt.dataset} has "
+                                 f"{len(dataset)} usable rows.")
+            split = dataset.train_test_split(test_size=vt.eval_rows, seed=training.seed)
+            dataset, evaluation = split["train"], split["test"]
+    if evaluation is not None and training.eval_strategy == "no":
+        raise SetupError("Validation data is given (eval_dataset or eval_rows) but eval_strategy is 'no': set "
+                         "eval_strategy: steps and eval_steps.")
     judge = RuleJudge() if vt.judge == "rule" else judge_from_env(
         {**os.environ, "VISIONTHINK_JUDGE": "llm"} if vt.judge == "llm" else None)
     rewards = VisionThinkRewards(
@@ -223,37 +341,65 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
         reward_funcs=rewards.functions,
         args=training,
         train_dataset=dataset,
+        eval_dataset=evaluation,
         processing_class=processor,
         environment_factory=ResizeEnvironment,
         peft_config=get_peft_config(model_args),
     )
     trainer.visionthink_stock = {"chat_template": stock_template, "size": stock_size}
+    trainer.drop_uniform_groups = vt.drop_uniform_groups
     return trainer
+
+
+def resume_point(training) -> str | None:
+    """The checkpoint ``resume_from_checkpoint`` names: a ``checkpoint-N`` folder, or ``last`` (or ``true``) for the
+    newest one in output_dir; None to start afresh."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = training.resume_from_checkpoint
+    if wanted in (None, "", False, "false", "False"):
+        return None
+    if str(wanted).lower() in ("last", "true"):
+        found = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
+        if found is None:
+            raise SetupError(f"resume_from_checkpoint={wanted}, but {training.output_dir} holds no checkpoint-N "
+                             "folder to resume from.")
+        return found
+    if not (Path(wanted) / "trainer_state.json").is_file():
+        raise SetupError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder (it has no "
+                         "trainer_state.json). Name a checkpoint-N folder of an earlier run, or 'last'.")
+    return str(wanted)
+
+
+def save_stock_processor(trainer, output_dir: str | Path) -> None:
+    """Write the run's processor into ``output_dir`` with the checkpoint's own chat template and pixel limits (the
+    training ones stay with the run, in memory)."""
+    processor = trainer.processing_class
+    stock = getattr(trainer, "visionthink_stock", {})
+    training_state = (processor.chat_template, processor.tokenizer.response_template, processor.image_processor.size)
+    processor.chat_template = processor.tokenizer.chat_template = stock.get("chat_template")
+    processor.tokenizer.response_template = None
+    if stock.get("size"):
+        processor.image_processor.size = stock["size"]
+    try:
+        processor.save_pretrained(output_dir)
+    finally:
+        processor.chat_template = processor.tokenizer.chat_template = training_state[0]
+        processor.tokenizer.response_template, processor.image_processor.size = training_state[1:]
 
 
 def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True) -> Path:
     """Save a checkpoint the engine loads with ``from_pretrained``: LoRA merged (unless asked not to) and the
     processor with the checkpoint's own chat template and pixel limits, not the training ones."""
     output_dir = Path(output_dir)
-    processor = trainer.processing_class
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "peft_config")
     if is_peft and merge_lora:
         if trainer.accelerator.is_main_process:
             model.merge_and_unload().save_pretrained(output_dir)
+            save_stock_processor(trainer, output_dir)
     else:
-        trainer.save_model(str(output_dir))
-    if trainer.accelerator.is_main_process:
-        # The checkpoint keeps its own chat template and pixel limits; the training ones stay with the run.
-        stock = getattr(trainer, "visionthink_stock", {})
-        training_state = (processor.chat_template, processor.tokenizer.response_template, processor.image_processor.size)
-        processor.chat_template = processor.tokenizer.chat_template = stock.get("chat_template")
-        processor.tokenizer.response_template = None
-        if stock.get("size"):
-            processor.image_processor.size = stock["size"]
-        processor.save_pretrained(output_dir)
-        processor.chat_template = processor.tokenizer.chat_template = training_state[0]
-        processor.tokenizer.response_template, processor.image_processor.size = training_state[1:]
+        trainer.save_model(str(output_dir))  # its _save writes the stock processor
     trainer.accelerator.wait_for_everyone()
     return output_dir
 
@@ -380,11 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     from visionthink.hf import ModelUnavailable
 
     try:
+        resume = resume_point(training)
         trainer = build_trainer(vt, training, model_args)
     except (SetupError, DataError, JudgeError, ModelUnavailable) as exc:
         log.error("%s", exc)
         return 2
-    trainer.train()
+    if resume:
+        log.info("Resuming from %s (its step, optimizer, scheduler and random state).", resume)
+    trainer.train(resume_from_checkpoint=resume)
     path = save_checkpoint(trainer, training.output_dir, merge_lora=vt.merge_lora)
     log.info("Saved the trained checkpoint to %s (load it with VISIONTHINK_MODEL=%s).", path, path)
     return 0

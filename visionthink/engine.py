@@ -425,8 +425,9 @@ def continue_conversation(conversation: protocol.Conversation, turn: TurnRecord,
             return "full_image"
         conversation.add_error(_NO_RESIZE_IN_MODE[mode])
         return "error"
-    if turn.attempted_tool_call:
-        conversation.add_error((turn.reason or "Invalid tool call").rstrip("."))
+    error = protocol.call_error(turn)
+    if error is not None:
+        conversation.add_error(error)
         return "error"
     return "end"
 

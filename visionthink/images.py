@@ -3,6 +3,10 @@
 ``load_image`` turns whatever a person uploads into a plain RGB picture or refuses it with an ``ImageError`` whose
 message says what was wrong. ``visual_tokens`` reproduces the Qwen2.5-VL image processor's ``smart_resize`` without
 importing transformers, so the app and the evaluation can report token costs for any size.
+
+Two rules give the two views. ``downsample``/``full_resolution`` are this project's (the serving engine, the
+evaluation, training on store exports); ``released_views`` is the released training's, used only to train on
+VisionThink's own data (``train.data`` chooses).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ MAX_PIXELS = 12845056
 MAX_ASPECT_RATIO = 200
 #: The smallest side the model is given (spec §3.1).
 MIN_SIDE = 28
+#: The released training's area clamp (spec §3.1, "Training"): an image without a target size is first scaled,
+#: keeping its aspect ratio, to hold between these many pixels, and then halved.
+RELEASED_MIN_PIXELS = 512 * 512
+RELEASED_MAX_PIXELS = 2048 * 2048
 
 
 class ImageError(ValueError):
@@ -260,6 +268,49 @@ def full_resolution(image: Image.Image) -> Image.Image:
     check_aspect_ratio(*image.size)
     size = full_res_size(*image.size)
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def released_view_sizes(width: int, height: int, target: tuple[int, int] | None = None
+                        ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (low, high) sizes the released training gave a ``width`` x ``height`` image (spec §3.1, "Training").
+
+    With a ``target`` (the dataset's ``info.tgt_width``/``tgt_height``) the low view is exactly that size, not halved
+    again. Without one the image is area-clamped to [512², 2048²] pixels (each side scaled by the same factor and
+    truncated, as the released code does) and then halved. The high view is always twice the low one on each side,
+    not the original. Raises ``ImageError`` where the released code refused the image: a low side under 28 px or an
+    aspect ratio Qwen2.5-VL rejects.
+    """
+    if target is not None:
+        low = (int(target[0]), int(target[1]))
+    else:
+        check_aspect_ratio(width, height)
+        w, h = width, height
+        if w * h > RELEASED_MAX_PIXELS:
+            w, h = _scaled_to_area(w, h, RELEASED_MAX_PIXELS)
+        if w * h < RELEASED_MIN_PIXELS:
+            w, h = _scaled_to_area(w, h, RELEASED_MIN_PIXELS)
+        low = (w // 2, h // 2)
+    if min(low) < MIN_SIDE:
+        where = f"its target size {low[0]}x{low[1]}" if target is not None else f"its low view {low[0]}x{low[1]}"
+        raise ImageError(f"The image is {width}x{height} and {where} has a side under {MIN_SIDE} px, which the "
+                         "released training refused.")
+    check_aspect_ratio(*low, original=(width, height))
+    return low, (2 * low[0], 2 * low[1])
+
+
+def _scaled_to_area(width: int, height: int, pixels: int) -> tuple[int, int]:
+    factor = math.sqrt(pixels / (width * height))
+    return int(width * factor), int(height * factor)
+
+
+def released_views(image: Image.Image, target: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image]:
+    """The released training's (low, high) views of ``image``, sized by ``released_view_sizes`` (LANCZOS).
+
+    Both are resampled once from the original; the released code reaches the same low size through two resamplings
+    (clamp, then halve).
+    """
+    low, high = released_view_sizes(*image.size, target)
+    return image.resize(low, Image.Resampling.LANCZOS), image.resize(high, Image.Resampling.LANCZOS)
 
 
 # --- Token accounting ------------------------------------------------------------------------------------------

@@ -409,6 +409,17 @@ def check_tool_call(body: str) -> str | None:
     return None
 
 
+def call_error(turn: Turn) -> str | None:
+    """What the error turn reports after ``turn`` (``error_turn(call_error(turn))``): its reason when it attempted a
+    tool call but is invalid (bad JSON, another tool, another action, two calls, no reasoning, text after the
+    call, …); None for a valid call (the full image follows) or a turn that attempted none (the episode ends).
+    Serving and training both answer a model turn by this rule."""
+    if turn.kind == "tool_call" or not turn.attempted_tool_call:
+        return None
+    # The error turn's template puts its own full stop after the message.
+    return (turn.reason or "Invalid tool call").rstrip(".")
+
+
 #: The trained error for more than one call in a turn.
 ONE_CALL_ERROR = "You should only call function `resize` once per function call."
 

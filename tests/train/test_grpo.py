@@ -42,7 +42,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def make_trainer(train_model_dir, dataset_dir, out, first_turns, **overrides):
-    vt = VisionThinkArguments(dataset=str(dataset_dir), judge="rule", max_turn_tokens=48)
+    vt = VisionThinkArguments(dataset=str(dataset_dir), judge="rule", max_turn_tokens=96)  # TOOL_TURN: 59
     settings = dict(output_dir=str(out), use_cpu=True, bf16=False, gradient_checkpointing=False, num_generations=4,
                     per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, logging_steps=1,
                     report_to="none", beta=0.0, save_strategy="no", seed=0)
