@@ -94,6 +94,10 @@ def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=N
     return Pages(public, studio, identity, store, slot, settings)
 
 
+#: Seconds that running requests get to finish once the app is asked to stop (SIGTERM, Ctrl-C).
+SHUTDOWN_GRACE_S = 5
+
+
 def studio_files_dir() -> Path:
     """The studio's own file folder, beside (not inside) Gradio's shared one, which the public page serves from;
     only the studio's file route, behind its login, serves it."""
@@ -152,6 +156,8 @@ def serve(settings: Settings) -> None:
                  STUDIO_PATH)
         print(f"* Running on local URL:  http://{host}:{port}  (studio: http://{host}:{port}{STUDIO_PATH}/)",
               flush=True)
-        uvicorn.run(create_app(pages), host=host, port=port, log_level="warning")
+        # Open connections (a page's event stream) would otherwise hold a SIGTERM off for as long as they last.
+        uvicorn.run(create_app(pages), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     finally:
         housekeeping.stop()

@@ -97,6 +97,7 @@ def test_uploads_above_the_limit_are_refused_with_a_message(studio, tmp_path):
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     big.write_bytes(b"\0" * 600_000)  # VISIONTHINK_MAX_UPLOAD_MB=0.5 (524,288 bytes) in this app
     small.write_bytes(b"\0" * 1_000)
+    started = time.time()
     with httpx.Client(timeout=30) as http:
         assert sign_in(http, url, "ann", PASSWORDS["ann"]).status_code == 200
         for page in ("", "/studio"):
@@ -105,6 +106,24 @@ def test_uploads_above_the_limit_are_refused_with_a_message(studio, tmp_path):
             assert "File size exceeded maximum allowed size of 524288 bytes" in refused.text
             accepted = http.post(f"{url}{page}/gradio_api/upload", files={"files": ("s.png", small.read_bytes())})
             assert accepted.status_code == 200, accepted.text
+    # nothing of the refused file was left on disk, in either page's folder or in the system's temporary folder
+    # (those are shared with other runs on this machine: only files written since this test started count)
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    def written_since(folder: Path) -> list[Path]:
+        found = []
+        for path in folder.rglob("*"):
+            try:
+                if path.is_file() and path.stat().st_mtime >= started and path.stat().st_size == 600_000:
+                    found.append(path)
+            except OSError:  # another run's file, gone meanwhile
+                continue
+        return found
+
+    for folder in (Path(get_upload_folder()), studio_files_dir(), Path(tempfile.gettempdir())):
+        assert written_since(folder) == []
 
 
 # --- texts ------------------------------------------------------------------------------------------------------
@@ -360,6 +379,41 @@ def test_app_deletes_what_visitors_leave_behind(tmp_path):
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert "Retention: deleted 1 answers without training consent" in output
+
+
+def test_the_app_stops_on_sigterm_with_a_client_connected(tmp_path):
+    """`python app.py` with the studio (users configured) stops promptly on SIGTERM (a Space restart, systemd,
+    Kubernetes) even while a browser keeps a connection open; it used to wait for the connection forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from store.users import hash_password
+    from tests.app.test_app import ROOT, _connect
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "VISIONTHINK_EXAMPLES_DIR": str(tmp_path / "examples"),
+           "VISIONTHINK_DB_URL": f"sqlite:///{tmp_path / 'studio.db'}", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+           "VISIONTHINK_EXPORT_DIR": str(tmp_path / "exports"),
+           "VISIONTHINK_USERS": f"root:admin:{hash_password(PASSWORDS['root'])}"}
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        client = _connect(f"http://127.0.0.1:{port}/", process)
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/gradio_api/heartbeat/{uuid.uuid4().hex}",
+                          timeout=60) as held:  # a connection the server does not close by itself
+            assert held.status_code == 200
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+            assert time.monotonic() - started < 15
+        del client
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
 
 
 # --- PostgreSQL: text that cannot be stored as sent, and a database that goes away -----------------------------
