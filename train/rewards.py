@@ -16,6 +16,15 @@
 
 When the judge fails for a completion, all three return ``None`` for it, so TRL leaves it out of the group baseline
 and gives it no advantage (a failed judgement is never a silent 0 or 1).
+
+Besides TRL's own ``rewards/<function>/mean`` and ``/std`` for each of the three, every batch logs through TRL's
+``log_metric`` (averaged over processes and logging steps, then sent to ``report_to``, e.g. TensorBoard):
+``visionthink/high_res_ratio`` (share of completions that got the full image), ``visionthink/well_formed``,
+``visionthink/truncated`` (the last turn never ended), ``visionthink/judge_failures`` (count per batch),
+``visionthink/penalised/direct`` and ``visionthink/penalised/high_res`` (share of completions that lost the penalty,
+by action), ``visionthink/tokens/first_turn`` and ``visionthink/tokens/second_turn`` (mean tokens the model wrote
+in each turn, without its end-of-turn token; the second over the completions that have one), and per kind of
+question (where the data has a ``kind`` column) the request ratio and accuracy.
 """
 
 from __future__ import annotations
@@ -115,7 +124,7 @@ class VisionThinkRewards:
         self.num_generations = num_generations
         self.reference_column = reference_column
         self.completions_log = completions_log
-        self._memo: tuple[int, _Scored] | None = None
+        self._memo: tuple[tuple, _Scored] | None = None
         self.accuracy_reward = self._named("accuracy_reward", self._accuracy)
         self.format_reward = self._named("format_reward", self._format)
         self.penalty_reward = self._named("penalty_reward", self._penalty)
@@ -144,8 +153,12 @@ class VisionThinkRewards:
         return [str(v) for v in kwargs[column]]
 
     def score(self, completion_ids: list[list[int]], kwargs: dict) -> _Scored:
-        key = hash((tuple(tuple(ids) for ids in completion_ids), tuple(kwargs.get("problem", ()))))
-        if self._memo is not None and self._memo[0] == key:
+        """Judge a batch once for the three functions: TRL hands all three the same ``completion_ids`` list, so the
+        memo is that list itself (released by ``penalty_reward``, the last of the three). A later batch is judged,
+        logged and written anew even when its completions equal the last one's (a converged model, a forced test),
+        which a memo by content would skip."""
+        key = (completion_ids, kwargs.get("problem"))
+        if self._memo is not None and all(a is b for a, b in zip(self._memo[0], key, strict=True)):
             return self._memo[1]
         episodes = [read_episode(ids, self.tokenizer) for ids in completion_ids]
         questions = [str(q) for q in kwargs["problem"]]
@@ -168,7 +181,11 @@ class VisionThinkRewards:
             n = len(scored.episodes)
             log_metric("visionthink/high_res_ratio", sum(e.requested_high_res for e in scored.episodes) / n)
             log_metric("visionthink/well_formed", sum(e.well_formed for e in scored.episodes) / n)
+            log_metric("visionthink/truncated", sum(e.truncated for e in scored.episodes) / n)
             log_metric("visionthink/judge_failures", float(failures))
+            for name, lengths in self._turn_lengths(scored.episodes).items():
+                if lengths:
+                    log_metric(f"visionthink/tokens/{name}", sum(lengths) / len(lengths))
             # Per kind of question, where the data says (the miniature's colour, shape, pattern).
             for kind in sorted(set(kinds) - {""}):
                 rows = [i for i, k in enumerate(kinds) if k == kind]
@@ -190,6 +207,17 @@ class VisionThinkRewards:
                         "requested_high_res": episode.requested_high_res, "well_formed": episode.well_formed,
                         "correct": correct,
                     }, ensure_ascii=False) + "\n")
+
+    def _turn_lengths(self, episodes: list[Episode]) -> dict[str, list[int]]:
+        """Tokens of each model turn (its text re-encoded, without the end-of-turn token), first and second."""
+        texts = [(i, t.text) for e in episodes for i, t in enumerate(e.turns[:2])]
+        if not texts:
+            return {}
+        encoded = self.tokenizer([text for _, text in texts], add_special_tokens=False)["input_ids"]
+        lengths: dict[str, list[int]] = {"first_turn": [], "second_turn": []}
+        for (i, _), ids in zip(texts, encoded, strict=True):
+            lengths["first_turn" if i == 0 else "second_turn"].append(len(ids))
+        return lengths
 
     # --- the three functions ---
 
@@ -228,4 +256,12 @@ class VisionThinkRewards:
                 called_tool=[any(t.attempted_tool_call for t in (e.turns[:-1] if len(e.turns) > 1 else e.turns))
                              for e in episodes],
             ))
+        self._memo = None  # the batch is scored; let its completions go
+        log_metric = kwargs.get("log_metric")
+        if log_metric is not None and out:
+            penalised = [bool(p) for p in out]  # None (unjudged) and 0.0 are not penalised
+            for name, high in (("direct", False), ("high_res", True)):
+                log_metric(f"visionthink/penalised/{name}", sum(
+                    1 for p, e in zip(penalised, scored.episodes, strict=True) if p and e.requested_high_res == high
+                ) / len(out))
         return out
