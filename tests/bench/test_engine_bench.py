@@ -108,3 +108,15 @@ def test_prefill_flops_match_torch_flop_counter(tmp_path):
     upper_triangle = config.num_hidden_layers * 4 * config.hidden_size * (tokens * tokens - tokens * (tokens + 1) // 2)
     assert flops["vision"] == counted["Qwen2_5_VLForConditionalGeneration.model.visual"]
     assert flops["total"] + upper_triangle == counted["Global"]
+
+
+def test_grpo_gpu_bench_with_vllm_says_what_it_needs():
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM and a GPU are present, so the script would measure")
+    done = _run("bench.grpo_gpu_bench", "--vllm", "--size", "test")
+    assert done.returncode == 2
+    assert "needs a CUDA GPU and vLLM" in done.stderr and "make install-train-gpu" in done.stderr

@@ -174,7 +174,8 @@ def test_validation_runs_during_training_and_the_best_checkpoint_is_kept(model_d
     evaluations = [e for e in trainer.state.log_history if "eval_rewards/accuracy_reward/mean" in e]
     assert [e["step"] for e in evaluations] == [1, 2]
     assert all(0.0 <= e["eval_rewards/accuracy_reward/mean"] <= 1.0 and e["eval_completions/mean_length"] > 0
-               for e in evaluations)
+               and e["eval_visionthink/high_res_ratio"] == 0.0  # the request ratio on the held-out rows
+               and e["eval_visionthink/tokens/first_turn"] > 0 for e in evaluations)
     best = Path(trainer.state.best_model_checkpoint)
     assert best.is_dir() and best.parent == tmp_path / "run"  # kept even with save_total_limit 1
     # load_best_model_at_end really loaded it (every weight)
