@@ -37,10 +37,14 @@ def test_the_paper_recipe_has_the_papers_batch_geometry_on_8_gpus():
 
 
 def test_checkpoints_are_bounded_and_fall_on_generation_batch_boundaries():
-    _, training, _ = parse("efficient-7b")
+    vt, training, _ = parse("efficient-7b")
     updates_per_generation = training.steps_per_generation // training.gradient_accumulation_steps
     assert training.save_steps == 5 * updates_per_generation == 80  # the paper's every 5 rollout steps
     assert training.save_total_limit == 3
+    # validated with every save, the best by accuracy kept and loaded at the end (the paper's checkpoint choice)
+    assert vt.eval_rows > 0 and training.eval_strategy == "steps" and training.eval_steps == training.save_steps
+    assert training.metric_for_best_model == "rewards/accuracy_reward/mean" and training.load_best_model_at_end
+    assert training.per_device_eval_batch_size % training.num_generations_eval == 0
     for path in RECIPES.glob("*.yaml"):
         recipe = yaml.safe_load(path.read_text())
         if recipe.get("save_strategy", "steps") != "no":
