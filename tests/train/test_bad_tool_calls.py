@@ -7,10 +7,10 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from trl import GRPOConfig, ModelConfig
 
+from tests.train.conftest import FULL, record_batches
 from tests.support.forcing import ANSWER_TURN, BAD_TOOL_TURN, TOOL_TURN, force_training_episodes
 from train.environment import ResizeEnvironment, tool_calls_after
 from train.episodes import read_episode
@@ -19,7 +19,6 @@ from visionthink import protocol
 from visionthink.engine import TurnRecord, continue_conversation
 from visionthink.images import downsample
 
-FULL = (112, 112)  # 16 visual tokens at full resolution, 4 at 1/4
 QUESTION = "What is the value of Beta in Q3?"
 CALL = protocol.tool_call_text()
 
@@ -56,10 +55,8 @@ def served_injection(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from visionthink.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-bad-calls"), seed=1, max_pixels=FULL[0] * FULL[1])
+def model_dir(train_model_dir):
+    return train_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +157,7 @@ def run(model_dir, tmp_path_factory):
                             ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
     force_training_episodes(trainer.model, trainer.processing_class.tokenizer,
                             [text for text, _ in FIRST_TURNS.values()])
-    batches = []
-    original = trainer._generate_and_score_completions
-
-    def record(inputs):
-        output = original(inputs)
-        batches.append({k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()})
-        return output
-
-    trainer._generate_and_score_completions = record
+    batches = record_batches(trainer)
     trainer.train()
     return trainer, batches[0], image
 

@@ -12,21 +12,12 @@ import torch
 from PIL import Image
 from trl import GRPOConfig, ModelConfig
 
+from tests.train.conftest import FULL, record_batches
 from tests.support.forcing import ANSWER_TURN, BAD_TOOL_TURN, TOOL_TURN, force_training_episodes
 from train.chat_template import TRAINING_CHAT_TEMPLATE
 from train.grpo import SetupError, VisionThinkArguments, build_trainer, check_setup, save_checkpoint
 from visionthink import protocol
 from visionthink.images import downsample
-
-FULL = (112, 112)  # 16 visual tokens at full resolution; 56x56 (4 tokens) at 1/4
-
-
-@pytest.fixture(scope="module")
-def train_model_dir(tmp_path_factory):
-    from visionthink.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-train"), seed=1, max_pixels=FULL[0] * FULL[1])
-
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
@@ -52,15 +43,7 @@ def make_trainer(train_model_dir, dataset_dir, out, first_turns, **overrides):
                              lora_target_modules=["q_proj", "v_proj"])
     trainer = build_trainer(vt, GRPOConfig(**settings), model_args)
     force_training_episodes(trainer.model, trainer.processing_class.tokenizer, first_turns)
-    batches = []
-    original = trainer._generate_and_score_completions
-
-    def record(inputs):
-        output = original(inputs)
-        batches.append({k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()})
-        return output
-
-    trainer._generate_and_score_completions = record
+    batches = record_batches(trainer)
     return trainer, batches
 
 

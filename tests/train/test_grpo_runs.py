@@ -14,16 +14,14 @@ from PIL import Image
 from trl import GRPOConfig, ModelConfig
 
 from tests.support.forcing import ANSWER_TURN, BAD_TOOL_TURN, force_training_episodes
-from tests.train.test_grpo import FULL
+from tests.train.conftest import FULL, record_batches
 from train.chat_template import TRAINING_CHAT_TEMPLATE
 from train.grpo import SetupError, VisionThinkArguments, build_trainer, main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from visionthink.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-runs"), seed=1, max_pixels=FULL[0] * FULL[1])
+def model_dir(train_model_dir):
+    return train_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +49,7 @@ def trainer_for(model_dir, data_dir, out, *, first_turns=None, vt=None, **settin
                             GRPOConfig(**arguments), ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
     if first_turns:
         force_training_episodes(trainer.model, trainer.processing_class.tokenizer, first_turns)
-    batches = []
-    original = trainer._generate_and_score_completions
-
-    def record(inputs):
-        output = original(inputs)
-        batches.append({k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()})
-        return output
-
-    trainer._generate_and_score_completions = record
+    batches = record_batches(trainer)
     return trainer, batches
 
 

@@ -14,10 +14,10 @@ from PIL import Image
 from trl import GRPOConfig, ModelConfig
 
 from tests.support.forcing import ANSWER_TURN, TOOL_TURN, force_training_episodes
+from tests.train.conftest import FULL
 from train.grpo import VisionThinkArguments, build_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-FULL = (112, 112)
 #: What every logging step must carry, by component (TRL's names for the three reward functions, ours for the rest).
 TRACKED = ["rewards/accuracy_reward/mean", "rewards/format_reward/mean", "rewards/penalty_reward/mean", "reward",
            "visionthink/high_res_ratio", "visionthink/penalised/direct", "visionthink/penalised/high_res",
@@ -26,13 +26,11 @@ TRACKED = ["rewards/accuracy_reward/mean", "rewards/format_reward/mean", "reward
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_model_dir):
     """Two steps on one prompt whose answer is 44.6: in each group of 4, two completions answer from the 1/4 image
     and two ask for the full image, all four correctly (r = 0.5 ≥ θ, so the two high-resolution answers lose 0.1)."""
-    from visionthink.tiny import build_tiny_model
-
     folder = tmp_path_factory.mktemp("tracking")
-    model_dir = build_tiny_model(folder / "tiny", seed=1, max_pixels=FULL[0] * FULL[1])
+    model_dir = train_model_dir
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*FULL, 3), dtype=np.uint8))
     datasets.Dataset.from_dict({"problem": ["<image>\nWhat is the value of Beta in Q3?"], "images": [[image]],
                                 "original_answer": ["44.6"], "solution": ["44.6"]}).save_to_disk(str(folder / "data"))
