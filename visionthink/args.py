@@ -1,0 +1,34 @@
+"""The command lines' parser: Transformers' ``HfArgumentParser`` (arguments declared as dataclass fields with their
+help, as ``train.grpo`` declares TRL's), whose errors are one line for a person instead of a usage block."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+from transformers import HfArgumentParser
+
+#: Exit status of a command given arguments it cannot use (argparse's own).
+EXIT_BAD_INPUT = 2
+
+
+class CommandParser(HfArgumentParser):
+    """``HfArgumentParser`` for ``python -m …`` commands: a bad argument exits with ``EXIT_BAD_INPUT`` and one line,
+    ``PROG: error: MESSAGE (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse(self, argv: list[str] | None = None) -> tuple:
+        """The dataclasses filled from ``argv`` (default ``sys.argv[1:]``); an argument none of them declares is
+        an error like any other (``HfArgumentParser`` raises ``ValueError`` for it)."""
+        *values, remaining = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
+        return tuple(values)
+
+
+def fail(prog: str, message: str, status: int = EXIT_BAD_INPUT) -> int:
+    """Print ``PROG: error: MESSAGE`` to stderr and return ``status``, for a command's ``main`` to return."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
