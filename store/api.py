@@ -35,6 +35,7 @@ from store.models import (
     User,
     utcnow,
 )
+from visionthink.clock import as_utc
 from visionthink.engine import MODES, Answer
 from visionthink.images import TokenReport
 from visionthink.intervals import wilson_interval
@@ -797,7 +798,7 @@ class Store:
 
     def _db_time(self, moment: datetime) -> datetime:
         """A time to compare with stored ones: UTC, and naive on SQLite, which keeps times as UTC text."""
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        moment = as_utc(moment)
         return moment.replace(tzinfo=None) if self.db.is_sqlite else moment
 
     # --- helpers ---
@@ -835,7 +836,7 @@ def _ask_view(ask: Ask, ratings: list[RatingView] | None = None, agreed: Consens
         mode=ask.mode, turns=list(ask.turns), answer=ask.answer, requested_high_res=ask.requested_high_res,
         stop_reason=ask.stop_reason,
         tokens=TokenReport.build(low_res=ask.low_res_tokens, high_res=ask.high_res_tokens, full_res=ask.full_res_tokens),
-        latency_s=ask.latency_s, consent=ask.consent, created_at=_utc(ask.created_at), ratings=ratings or [],
+        latency_s=ask.latency_s, consent=ask.consent, created_at=as_utc(ask.created_at), ratings=ratings or [],
         consensus=agreed, comparison=ask.comparison,
     )
 
@@ -843,7 +844,7 @@ def _ask_view(ask: Ask, ratings: list[RatingView] | None = None, agreed: Consens
 def _rating_view(r: Rating, show_rater: bool) -> RatingView:
     return RatingView(id=r.id, ask_id=r.ask_id, rater=r.rater if show_rater else None, source=r.source,
                       verdict=r.verdict, reference_answer=r.reference_answer, decision=r.decision,
-                      comment=r.comment, created_at=_utc(r.created_at))
+                      comment=r.comment, created_at=as_utc(r.created_at))
 
 
 def _still_counts():
@@ -868,11 +869,6 @@ def _matching(query, filters: QueueFilter | None):
     if filters.requested_high_res is not None:
         query = query.where(Ask.requested_high_res.is_(filters.requested_high_res))
     return query
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _bounded(value: str | None, limit: int, what: str) -> str:

@@ -8,7 +8,7 @@ are older than a cutoff, with their ratings, skips and judgements, and the image
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import (
     JSON,
@@ -25,14 +25,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
+from visionthink.clock import utcnow
+
 ROLES = ("viewer", "annotator", "admin")
 VERDICTS = ("correct", "incorrect", "unsure")
 DECISIONS = ("needed_full", "low_enough", "unsure")
 SOURCES = ("annotation", "thumbs", "resolution")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):

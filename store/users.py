@@ -22,13 +22,13 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from store.db import StoreError
 from store.models import ROLES
+from visionthink.files import atomic_write
 
 _N, _R, _P = 2**14, 8, 1
 _PREFIX = "scrypt"
@@ -164,17 +164,8 @@ def write_user(path: Path, entry: UserEntry, *, replace: bool = False) -> bool:
     if written != expected:
         raise StoreError(f"{path} is laid out in a way this command cannot edit in place, so it was left unchanged. "
                          f"Add the user by hand, with these values:\n{_toml_block(entry)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600  # password hashes: private unless made otherwise
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(new_text)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # password hashes: private unless the file was made otherwise
+    atomic_write(path, new_text, mode=None if path.exists() else 0o600)
     return replaced
 
 

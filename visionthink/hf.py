@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionthink.files import looks_like_path
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -231,16 +233,6 @@ def _offline() -> bool:
     return constants.is_offline_mode() or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith(("/", "./", "../", "~", "\\"))
-        or name in (".", "..")
-        or os.path.isabs(name)
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
-
-
 def _cached_weights_complete(repo_id: str, revision: str | None) -> bool | None:
     """True when config.json and all weight files are in the local Hub cache; None when nothing is cached."""
     from huggingface_hub import try_to_load_from_cache
@@ -332,7 +324,7 @@ def check_available(name_or_path: str, *, revision: str | None = None, timeout: 
         return
     if path.exists():
         raise ModelUnavailable(f"{path} is a file; give the folder that holds the model's config.json.")
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise ModelUnavailable(f"There is no folder {path}. Check the path or give a Hugging Face Hub id.")
 
     from huggingface_hub.errors import HFValidationError

@@ -441,7 +441,7 @@ def last_boxed(text: str) -> str | None:
     r"""The content of the last ``\boxed{…}`` in ``text`` (nested braces allowed), or None."""
     start = text.rfind("\\boxed{")
     while start != -1:
-        depth, i = 0, start + len("\\boxed")
+        depth = 0
         for i in range(start + len("\\boxed"), len(text)):
             if text[i] == "{":
                 depth += 1
