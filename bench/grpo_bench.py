@@ -3,8 +3,8 @@ them asking for the full image. Each setting runs in its own process, so its pea
 
     python -m bench.grpo_bench [--steps 6] [--write]       # --write updates BENCHMARKS.md
 
-On a machine with an NVIDIA GPU, ``--gpu`` instead times one step of the single-GPU LoRA recipe on a randomly
-initialised full-size Qwen2.5-VL-7B (``--gpu-model 3b`` if 7B does not fit).
+On a machine with an NVIDIA GPU, ``python -m bench.grpo_gpu_bench`` times steps of the single-GPU LoRA recipe on a
+randomly initialised full-size Qwen2.5-VL-7B (``--size 3b`` if 7B does not fit).
 """
 
 from __future__ import annotations
