@@ -13,6 +13,7 @@ cheap; ``ImageOnlyQwen2_5_VLProcessor`` is created on first access.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -34,7 +35,8 @@ DEFAULT_HUB_TIMEOUT = 8.0
 # --- Processor -------------------------------------------------------------------------------------------------
 
 
-def _make_image_only_processor_class():
+@functools.cache
+def _image_only_processor_class():
     from transformers import Qwen2_5_VLProcessor
 
     class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -72,16 +74,13 @@ def _make_image_only_processor_class():
     return ImageOnlyQwen2_5_VLProcessor
 
 
-_LAZY_CLASSES: dict[str, Any] = {}
-_LAZY_LOCK = threading.Lock()
+_CLASS_LOCK = threading.Lock()
 
 
 def __getattr__(name: str):
-    if name == "ImageOnlyQwen2_5_VLProcessor":
-        with _LAZY_LOCK:  # one class object, however many threads ask first
-            if name not in _LAZY_CLASSES:
-                _LAZY_CLASSES[name] = _make_image_only_processor_class()
-            return _LAZY_CLASSES[name]
+    if name == "ImageOnlyQwen2_5_VLProcessor":  # built on first use: importing transformers' processors is slow
+        with _CLASS_LOCK:  # one class object, however many threads ask first (functools.cache alone may build two)
+            return _image_only_processor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
