@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import pandas as pd
 
-from app.ask_tab import DECISION_CHOICES
+from app.ask_tab import DECISION_CHOICES, DECISION_LABELS
 from app.context import Context
 from app.render import answer_line, badge, error_box, note_box, seen_and_original, stored_transcript, text
 from store.api import Actor, AskView, require
@@ -31,7 +31,6 @@ FORMATS = [("GRPO (reference answers, for train/)", "grpo"), ("KTO (good/bad ans
            ("DPO (corrected vs model answer)", "dpo"), ("JSONL (everything, for audit)", "jsonl"),
            ("All formats (one zip, a folder per format)", ALL_FORMATS)]
 VERDICT_CHOICES = [("Correct", "correct"), ("Incorrect", "incorrect"), ("Unsure", "unsure")]
-DECISION_LABELS = {value: label for label, value in DECISION_CHOICES}
 NO_DISPUTES = "No disagreements to resolve."
 VOTE_COLUMNS = ["rater", "verdict", "reference answer", "needed the full image?", "comment"]
 

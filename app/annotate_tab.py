@@ -20,7 +20,7 @@ import gradio as gr
 from gradio.components import Component
 from PIL import Image
 
-from app.ask_tab import DECISION_CHOICES
+from app.ask_tab import SHORT_DECISIONS
 from app.context import Context
 from app.render import badge, error_box, note_box, stored_transcript, text, token_report
 from store.api import Actor, AskView, QueueFilter, QueueProgress, RatingView, utcnow
@@ -84,9 +84,6 @@ MODE_FILTER = [("Any mode", ANY), ("auto: the model decides", "auto"), ("low: 1/
 ASKED_FILTER = [("Asked for the full image or not", ANY), ("Asked for the full image", "asked"),
                 ("Answered from the 1/4 image", "not_asked")]
 ORIGINAL, AS_SEEN = "original", "as_seen"
-#: The Ask tab's decision choices, with labels that fit one line beside the item.
-_SHORT = {"needed_full": "Needed the full image", "low_enough": "The 1/4 image was enough", "unsure": "Unsure"}
-SHORT_DECISIONS = [(_SHORT[value], value) for _, value in DECISION_CHOICES]
 VIEW_CHOICES = [("Original", ORIGINAL), ("As the model saw it first (1/4, enlarged)", AS_SEEN)]
 
 

@@ -22,11 +22,16 @@ from visionthink.incidents import log_incident
 
 log = logging.getLogger(__name__)
 
-DECISION_CHOICES = [
-    ("It needed the full-resolution image", "needed_full"),
-    ("The 1/4-resolution image was enough", "low_enough"),
-    ("Unsure", "unsure"),
-]
+#: Each decision a rater can give (``store.models.DECISIONS``): its label, and a short one that fits one line beside
+#: an item on the Annotate page.
+DECISION_TEXT = {
+    "needed_full": ("It needed the full-resolution image", "Needed the full image"),
+    "low_enough": ("The 1/4-resolution image was enough", "The 1/4 image was enough"),
+    "unsure": ("Unsure", "Unsure"),
+}
+DECISION_CHOICES = [(label, value) for value, (label, _) in DECISION_TEXT.items()]
+DECISION_LABELS = {value: label for value, (label, _) in DECISION_TEXT.items()}
+SHORT_DECISIONS = [(short, value) for value, (_, short) in DECISION_TEXT.items()]
 MODE_TITLES = {"auto": "VisionThink (auto)", "low": "1/4 image only", "high": "Full image only"}
 LOAD_WAIT_S = 1.0
 FALLBACK_SENTENCE = (
