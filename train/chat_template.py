@@ -47,7 +47,7 @@ def build_template() -> str:
     return "".join([
         "{%- for message in messages -%}",
         "{%- if message.role == 'assistant' -%}",
-        # A model turn ends at <|im_end|> with no newline: the injected turn follows directly (spec §2.4).
+        # A model turn ends at <|im_end|> with no newline: the injected turn follows directly (docs/protocol.md §5).
         _literal(f"{im_start}assistant\n"),
         "{%- if message.reasoning_content -%}", _literal("<think>"), "{{ message.reasoning_content }}",
         _literal("</think>\n"), "{%- endif -%}",

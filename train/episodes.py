@@ -34,7 +34,7 @@ class Episode:
     @property
     def well_formed(self) -> bool:
         """The format the checkpoints are rewarded for: a direct answer, or one valid call, the full image, then
-        an answer (spec §5.2, with the project's stricter call rule)."""
+        an answer (docs/rewards.md §3, with the project's stricter call rule)."""
         kinds = [t.kind for t in self.turns]
         if self.truncated:
             return False

@@ -2,7 +2,7 @@
 
 Both take the same ``TurnRequest`` (the conversation from ``visionthink.protocol`` and its images) and stream text
 deltas followed by one ``TurnOutput``. The transformers backend feeds the checkpoint the exact trained text; a
-server applies its own chat template, which adds one newline before each injected turn (spec §2.4).
+server applies its own chat template, which adds one newline before each injected turn (docs/protocol.md §5).
 """
 
 from __future__ import annotations

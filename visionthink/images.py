@@ -31,9 +31,9 @@ MIN_PIXELS = 3136
 MAX_PIXELS = 12845056
 #: Qwen2.5-VL refuses images whose long side is more than this many times the short side.
 MAX_ASPECT_RATIO = 200
-#: The smallest side the model is given (spec §3.1).
+#: The smallest side the model is given (docs/tokens.md §4).
 MIN_SIDE = 28
-#: The released training's area clamp (spec §3.1, "Training"): an image without a target size is first scaled,
+#: The released training's area clamp (docs/tokens.md §7): an image without a target size is first scaled,
 #: keeping its aspect ratio, to hold between these many pixels, and then halved.
 RELEASED_MIN_PIXELS = 512 * 512
 RELEASED_MAX_PIXELS = 2048 * 2048
@@ -272,7 +272,7 @@ def full_resolution(image: Image.Image) -> Image.Image:
 
 def released_view_sizes(width: int, height: int, target: tuple[int, int] | None = None
                         ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The (low, high) sizes the released training gave a ``width`` x ``height`` image (spec §3.1, "Training").
+    """The (low, high) sizes the released training gave a ``width`` x ``height`` image (docs/tokens.md §7).
 
     With a ``target`` (the dataset's ``info.tgt_width``/``tgt_height``) the low view is exactly that size, not halved
     again. Without one the image is area-clamped to [512², 2048²] pixels (each side scaled by the same factor and

@@ -3,7 +3,7 @@ rendered for a model, and how a model turn is parsed.
 
 This module is the only place where these strings and rules live. The engine, the training environment, the
 rewards and the evaluation import them from here. The strings are byte-identical to the released training code
-(see shared/notes/visionthink-spec.md §2), quirks included: the real newline inside the tool description, the
+(docs/protocol.md §1), quirks included: the real newline inside the tool description, the
 "Countinue" typo in the error turn, and no newline between a model turn's ``<|im_end|>`` and the injected turn.
 """
 
