@@ -96,8 +96,8 @@ class SFTConfig:
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 1e-3
-    #: The vision tower's learning rate: a high one destroys the fine detail its features carry
-    #: (shared/notes/miniature-probe.md §3.4).
+    #: The vision tower's learning rate: a high one destroys the fine detail its features carry (a linear probe on a
+    #: random-init tower's visual tokens read fine stripes at 0.99; after training it at 2e-3, at chance).
     vision_learning_rate: float = 1e-4
     warmup_steps: int = 50
     final_lr_fraction: float = 0.1

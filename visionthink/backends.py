@@ -173,7 +173,8 @@ class TransformersBackend:
         The cache holds every token of the previous turn but its last (sampled, never fed). It is used only when
         this turn's tokens start with exactly those tokens (the conversation is rendered and tokenised anew, so a
         tokenisation that differs from what the model generated falls back to a full prefill) and the cached part
-        holds exactly the previous turn's images. Then, following ../shared/notes/kv-reuse.md (transformers 5.23):
+        holds exactly the previous turn's images. Then (transformers 5.23; tests/visionthink/test_kv_reuse.py holds
+        the result to a full re-prefill):
 
         - M-RoPE positions are computed over the *whole* sequence with *every* image's grid and passed explicitly;
           left to the model they would be computed over the uncached tail alone, or from the previous turn's

@@ -1,8 +1,8 @@
 """The real Hugging Face loading path for Qwen2.5-VL checkpoints, shared by the inference engine and training.
 
 - :func:`load_processor` gives the stock ``AutoProcessor`` where torchvision works and otherwise an image-only
-  ``Qwen2_5_VLProcessor`` subclass (transformers' video processor needs torchvision; see
-  shared/notes/platform-notes.md §3). Both keep the checkpoint's pixel limits.
+  ``Qwen2_5_VLProcessor`` subclass (transformers' video processor needs torchvision, and the CPU has no
+  torchvision build here). Both keep the checkpoint's pixel limits.
 - :func:`load_model` loads ``Qwen2_5_VLForConditionalGeneration`` with the dtype and attention kernel that suit
   the device (:func:`pick_device_and_dtype`).
 - :func:`check_available` tells quickly, before any heavy import, whether a model can be loaded at all.
