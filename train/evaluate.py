@@ -7,20 +7,12 @@ The table goes to stdout, the progress bar to stderr. Against a server (``--back
 keeps N episodes in flight, so that a large benchmark is bound by the server's throughput, not by one episode's
 latency; lines are then written in the order episodes finish, and the report does not depend on that order.
 
-Definitions (also written into ``summary.json``):
-
-- accuracy = correct / judged. Engine errors and failed judgements are left out and counted; an episode that ended
-  without an ``<answer>`` is judged wrong.
-- high-resolution request ratio: the share of "auto" episodes in which the model called ``resize_image``. It does
-  not apply to "low" (the full image is never given) or "high" (it is given from the start).
-- retained = the visual tokens of all episodes / the visual tokens of one full-resolution pass over the same
-  items (a ratio of sums). A resize keeps the 1/4 image in context, so "auto" can exceed 100% on an item.
-- latency: the engine's time per episode (every turn), not counting judging; p50/p90 interpolate linearly.
+The report (its aggregates and their definitions, the table, the JSON and the plot) is ``train.report``.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,45 +25,21 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from train.report import BASELINE_MODE, RESULTS_FILE, Report, compare, summarise_mode
+from visionthink.args import EXIT_BAD_INPUT, CommandParser, fail
+from visionthink.clock import utcnow
 from visionthink.engine import MODES, Engine
+from visionthink.files import exclusive, looks_like_path
 from visionthink.images import ImageError
-from visionthink.intervals import wilson_interval
 from visionthink.loader import ModelLoadError, load_engine
 from visionthink.settings import Settings, SettingsError
 
 log = logging.getLogger("train.evaluate")
 
-RESULTS_FILE = "results.jsonl"
-SUMMARY_JSON = "summary.json"
-SUMMARY_PNG = "summary.png"
 DEFAULT_OUT_ROOT = Path("runs") / "eval"
-#: The mode the others are compared with, as the paper compares with vanilla (full-resolution) inference.
-BASELINE_MODE = "high"
-
-DEFINITIONS = {
-    "accuracy": "correct / judged; engine errors and failed judgements are left out (counted in errors and "
-                "judge_failures); an episode without an <answer> is judged wrong",
-    "high_res_ratio": "auto mode: episodes in which the model called resize_image / episodes; null for low (the "
-                      "full image is never given) and high (it is given from the start)",
-    "tool_call_ratio": "episodes with at least one valid resize_image call / episodes, in any mode (in low and "
-                       "high the call is answered with an error turn)",
-    "retained_ratio": "sum of visual tokens used / sum of visual tokens of one full-resolution pass, over the "
-                      "episodes without engine errors",
-    "latency": "Answer.latency_s: the engine's time per episode, judging excluded; p50/p90 interpolate linearly",
-    "well_formed_ratio": "episodes in the trained format (a direct answer, or one valid resize_image call, the full "
-                         "image, then an answer) / episodes without engine errors",
-    "by_kind": "the same aggregates per kind of question: the data's kind column (the miniature's), else its "
-               "category column (a benchmark's), else its needs_high_res label (needs_full_image / low_res_enough, "
-               "the annotators' decision in store exports); accuracy_ci95 is the 95% Wilson score interval of "
-               "correct / judged",
-    "comparisons": "each mode against high over the items both answered without engine errors (accuracy over the "
-                   "items judged in both): accuracy difference in points, accuracy relative to high, visual "
-                   "tokens relative to high, mean latency relative to high",
-}
 
 
 class EvalError(ValueError):
@@ -138,10 +106,6 @@ class EvalItems(Sequence[EvalItem]):
                 "skipped": dict(self.skipped)}
 
 
-def _looks_like_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~", ".\\")) or source.endswith((".parquet", ".arrow", ".jsonl"))
-
-
 def load_items(source: str | os.PathLike, split: str = "train", limit: int | None = None) -> EvalItems:
     """The items of a store export, a parquet file or folder, or a Hub dataset in VisionThink's schema (spec §7).
 
@@ -154,7 +118,7 @@ def load_items(source: str | os.PathLike, split: str = "train", limit: int | Non
     text = str(source)
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, not {limit}.")
-    if _looks_like_local_path(text) and not Path(text).expanduser().exists():
+    if looks_like_path(text) and not Path(text).expanduser().exists():
         raise EvalError(f"There is no file or folder {text}. Give a saved dataset, a parquet file or a Hub id.")
     try:
         dataset = load_source(text, split)
@@ -339,7 +303,7 @@ def ask(engine: Engine, item: EvalItem, mode: str, settings: dict) -> Result:
         result.turn_kinds = [turn.kind for turn in answer.turns]
         result.tokens = answer.tokens.to_dict()
         result.latency_s = round(answer.latency_s, 4)
-    result.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.finished_at = utcnow().isoformat(timespec="seconds")
     return result
 
 
@@ -377,19 +341,19 @@ def judge_results(judge, results: list[Result], items: dict[str, EvalItem] | Non
 
 
 class ResultsLog:
-    """``results.jsonl`` held open for appending under an exclusive lock: one JSON line per result, flushed and
-    synced before the next episode starts. Opening it drops a partly written last line (a run killed mid-write)."""
+    """``results.jsonl`` held open for appending under an exclusive lock (``.results.jsonl.lock`` beside it): one
+    JSON line per result, flushed and synced before the next episode starts. Opening it drops a partly written last
+    line (a run killed mid-write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.unreadable = 0
-        self._file = open(path, "a+b")  # noqa: SIM115 (closed in close())
-        try:
-            _lock(self._file, path)
+        with contextlib.ExitStack() as held:
+            held.enter_context(exclusive(path.with_name(f".{path.name}.lock"), lambda: EvalError(
+                f"Another evaluation is writing to {path}. Wait for it to finish or choose another --out.")))
+            self._file = held.enter_context(open(path, "a+b"))
             self.results = self._read()
-        except BaseException:
-            self._file.close()
-            raise
+            self._held = held.pop_all()  # released in close()
 
     def _read(self) -> list[Result]:
         self._file.seek(0)
@@ -420,370 +384,13 @@ class ResultsLog:
         self.results.append(result)
 
     def close(self) -> None:
-        self._file.close()
+        self._held.close()
 
     def __enter__(self) -> ResultsLog:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _lock(handle, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, one run per folder is then up to the user
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise EvalError(f"Another evaluation is writing to {path}. Wait for it to finish or choose another --out.") from None
-
-
-# --- Aggregates ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModeSummary:
-    """The aggregates of one mode over the run's items (see the module docstring for the definitions)."""
-
-    mode: str
-    items: int
-    errors: int
-    answered: int
-    no_answer: int
-    judged: int
-    judge_failures: int
-    correct: int
-    accuracy: float | None
-    high_res_requests: int | None
-    high_res_ratio: float | None
-    tool_call_episodes: int
-    tool_call_ratio: float | None
-    well_formed: int
-    well_formed_ratio: float | None
-    tokens_used_total: int
-    tokens_full_res_total: int
-    mean_tokens_used: float | None
-    mean_tokens_full_res: float | None
-    mean_tokens_low_res: float | None
-    mean_tokens_high_res: float | None
-    retained_ratio: float | None
-    latency_mean_s: float | None
-    latency_p50_s: float | None
-    latency_p90_s: float | None
-    stop_reasons: dict[str, int]
-    error_types: dict[str, int]
-
-
-@dataclass
-class Comparison:
-    """A mode against full-resolution inference ("high") over the items both answered, as the paper frames it."""
-
-    mode: str
-    baseline: str
-    paired_items: int
-    judged_items: int
-    accuracy: float | None
-    baseline_accuracy: float | None
-    accuracy_diff_points: float | None
-    relative_accuracy: float | None
-    token_ratio: float | None
-    latency_ratio: float | None
-
-
-def summarise_mode(mode: str, results: list[Result]) -> ModeSummary:
-    done = [r for r in results if not r.failed]
-    judged = [r for r in done if r.verdict is not None]
-    correct = sum(r.verdict for r in judged)
-    tokens = [r.tokens or {} for r in done]
-    used = [t.get("used", 0) for t in tokens]
-    full = [t.get("full_res", 0) for t in tokens]
-    latencies = [r.latency_s for r in done if r.latency_s is not None]
-    high_res = sum(bool(r.requested_high_res) for r in done) if mode == "auto" else None
-    tool_calls = sum("tool_call" in r.turn_kinds for r in done)
-    return ModeSummary(
-        mode=mode,
-        items=len(results),
-        errors=len(results) - len(done),
-        answered=sum(r.answer is not None for r in done),
-        no_answer=sum(r.answer is None for r in done),
-        judged=len(judged),
-        judge_failures=len(done) - len(judged),
-        correct=correct,
-        accuracy=_ratio(correct, len(judged)),
-        high_res_requests=high_res,
-        high_res_ratio=_ratio(high_res, len(done)) if high_res is not None else None,
-        tool_call_episodes=tool_calls,
-        tool_call_ratio=_ratio(tool_calls, len(done)),
-        well_formed=sum(r.well_formed for r in done),
-        well_formed_ratio=_ratio(sum(r.well_formed for r in done), len(done)),
-        tokens_used_total=sum(used),
-        tokens_full_res_total=sum(full),
-        mean_tokens_used=_mean(used),
-        mean_tokens_full_res=_mean(full),
-        mean_tokens_low_res=_mean([t.get("low_res", 0) for t in tokens]),
-        mean_tokens_high_res=_mean([t.get("high_res", 0) for t in tokens]),
-        retained_ratio=_ratio(sum(used), sum(full)),
-        latency_mean_s=_mean(latencies),
-        latency_p50_s=_percentile(latencies, 50),
-        latency_p90_s=_percentile(latencies, 90),
-        stop_reasons=dict(Counter(r.stop_reason for r in done if r.stop_reason)),
-        error_types=dict(Counter(r.error_type or "error" for r in results if r.failed)),
-    )
-
-
-def compare(mode: str, results: dict[str, Result], baseline: dict[str, Result]) -> Comparison:
-    """``results`` and ``baseline`` map item id to result."""
-    paired = [i for i in results if i in baseline and not results[i].failed and not baseline[i].failed]
-    judged = [i for i in paired if results[i].verdict is not None and baseline[i].verdict is not None]
-    accuracy = _ratio(sum(results[i].verdict for i in judged), len(judged))
-    base_accuracy = _ratio(sum(baseline[i].verdict for i in judged), len(judged))
-    used = sum((results[i].tokens or {}).get("used", 0) for i in paired)
-    base_used = sum((baseline[i].tokens or {}).get("used", 0) for i in paired)
-    latency = _mean([results[i].latency_s for i in paired if results[i].latency_s is not None])
-    base_latency = _mean([baseline[i].latency_s for i in paired if baseline[i].latency_s is not None])
-    return Comparison(
-        mode=mode,
-        baseline=BASELINE_MODE,
-        paired_items=len(paired),
-        judged_items=len(judged),
-        accuracy=accuracy,
-        baseline_accuracy=base_accuracy,
-        accuracy_diff_points=(accuracy - base_accuracy) * 100 if judged else None,
-        relative_accuracy=accuracy / base_accuracy if judged and base_accuracy else None,
-        token_ratio=_ratio(used, base_used),
-        latency_ratio=latency / base_latency if latency is not None and base_latency else None,
-    )
-
-
-def _ratio(part: float | None, whole: float) -> float | None:
-    return part / whole if part is not None and whole else None
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-# --- The report ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    """What an evaluation measured, and where it wrote it."""
-
-    model: str
-    model_source: str
-    judge: str
-    data: dict
-    modes: dict[str, ModeSummary]
-    comparisons: dict[str, Comparison]
-    by_kind: dict[str, dict[str, ModeSummary]]
-    settings: dict
-    judge_stats: dict | None
-    run: dict  # what this invocation did: episodes run, reused from the results file, re-judged; its concurrency
-    out_dir: Path
-    notice: str | None = None
-
-    @property
-    def results_path(self) -> Path:
-        return self.out_dir / RESULTS_FILE
-
-    @property
-    def summary_json(self) -> Path:
-        return self.out_dir / SUMMARY_JSON
-
-    @property
-    def summary_png(self) -> Path:
-        return self.out_dir / SUMMARY_PNG
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model,
-            "model_source": self.model_source,
-            "notice": self.notice,
-            "judge": self.judge,
-            "data": self.data,
-            "items": self.data.get("items"),
-            "settings": self.settings,
-            "modes": {mode: dataclasses.asdict(summary) for mode, summary in self.modes.items()},
-            "by_kind": {kind: {mode: {**dataclasses.asdict(summary),
-                                      "accuracy_ci95": wilson_interval(summary.correct, summary.judged)}
-                               for mode, summary in summaries.items()}
-                        for kind, summaries in self.by_kind.items()},
-            "comparisons": {f"{c.mode}_vs_{c.baseline}": dataclasses.asdict(c) for c in self.comparisons.values()},
-            "judge_stats": self.judge_stats,
-            "run": self.run,
-            "definitions": DEFINITIONS,
-            "files": {"results": RESULTS_FILE, "plot": SUMMARY_PNG},
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-
-    def table(self) -> str:
-        """The plain-text table for the terminal."""
-        header = ("mode", "items", "errors", "no answer", "unjudged", "accuracy", "high-res", "tokens used",
-                  "full res", "retained", "latency", "p50", "p90")
-        rows = [header]
-        for s in self.modes.values():
-            rows.append((
-                s.mode, str(s.items), str(s.errors), str(s.no_answer), str(s.judge_failures),
-                f"{_pct(s.accuracy)} ({s.correct}/{s.judged})" if s.judged else "—",
-                _pct(s.high_res_ratio) if s.high_res_ratio is not None else "—",
-                _num(s.mean_tokens_used), _num(s.mean_tokens_full_res), _pct(s.retained_ratio),
-                _secs(s.latency_mean_s), _secs(s.latency_p50_s), _secs(s.latency_p90_s),
-            ))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = [
-            f"VisionThink evaluation of {self.model} on {self.data.get('source') or 'the given items'} "
-            f"({self.data.get('items')} items, judge: {self.judge})",
-            "",
-        ]
-        for row in rows:
-            lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                                   enumerate(zip(row, widths, strict=True))).rstrip())
-        lines.append("")
-        if self.by_kind:
-            lines.append("By kind of question:")
-            kind_rows = [("kind", "mode", "items", "accuracy (95% interval), n judged", "high-res", "format",
-                          "tokens used")]
-            for kind, summaries in self.by_kind.items():
-                for s in summaries.values():
-                    kind_rows.append((
-                        kind, s.mode, str(s.items), _accuracy_with_interval(s),
-                        _pct(s.high_res_ratio) if s.high_res_ratio is not None else "—",
-                        _pct(s.well_formed_ratio), _num(s.mean_tokens_used),
-                    ))
-            kind_widths = [max(len(row[i]) for row in kind_rows) for i in range(len(kind_rows[0]))]
-            for row in kind_rows:
-                lines.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                                       enumerate(zip(row, kind_widths, strict=True))).rstrip())
-            lines.append("")
-        for c in self.comparisons.values():
-            if not c.paired_items:
-                lines.append(f"{c.mode} vs {c.baseline}: no item answered in both modes.")
-                continue
-            parts = []
-            if c.judged_items:
-                parts.append(f"accuracy {c.accuracy_diff_points:+.1f} points"
-                             + (f" ({_pct(c.relative_accuracy)} of {c.baseline})" if c.relative_accuracy is not None else ""))
-            if c.token_ratio is not None:
-                parts.append(f"visual tokens {_pct(c.token_ratio)} of {c.baseline}")
-            if c.latency_ratio is not None:
-                parts.append(f"latency {_pct(c.latency_ratio)} of {c.baseline}")
-            lines.append(f"{c.mode} vs {c.baseline} ({c.paired_items} items answered in both): " + ", ".join(parts))
-        lines += [
-            "accuracy = correct / judged (engine errors and unjudged answers left out; no answer counts as wrong).",
-            "high-res = auto episodes that asked for the full image; — where it does not apply "
-            "(low never gets it, high starts with it).",
-            "format = episodes in the trained format (a direct answer, or one call, the full image, an answer).",
-            "tokens: mean visual tokens per episode; retained = total used / total for one full-resolution pass.",
-            "latency: mean, p50 and p90 seconds per episode (engine time, judging excluded).",
-        ]
-        return "\n".join(lines)
-
-
-def _accuracy_with_interval(s: ModeSummary) -> str:
-    """"66.7% (20.8–93.9%), n=3": accuracy, its 95% Wilson interval and the judged answers it rests on."""
-    interval = wilson_interval(s.correct, s.judged)
-    if interval is None:
-        return "—, n=0"
-    return f"{_pct(s.accuracy)} ({interval[0] * 100:.1f}–{interval[1] * 100:.1f}%), n={s.judged}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
-
-
-def _secs(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}s"
-
-
-# --- The plot --------------------------------------------------------------------------------------------------
-
-_COLOURS = {"auto": "#1f77b4", "low": "#ff7f0e", "high": "#2ca02c"}
-
-
-def write_plot(report: Report, path: Path) -> None:
-    """Accuracy against visual tokens retained per mode, and latency per mode, as a PNG (Agg, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(12, 5), dpi=110, layout="constrained")
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    summaries = list(report.modes.values())
-
-    xs = [s.retained_ratio * 100 for s in summaries if s.retained_ratio is not None]
-    left.axvline(100, color="grey", linestyle=":", linewidth=1)
-    left.text(100, 106, "one full-resolution pass", color="grey", fontsize=8, ha="center", va="bottom")
-    plotted = 0
-    for s in summaries:
-        if s.retained_ratio is None or s.accuracy is None:
-            continue
-        x, y = s.retained_ratio * 100, s.accuracy * 100
-        label = f"{s.mode}: {y:.1f}% correct, {x:.0f}% of the visual tokens"
-        if s.high_res_ratio is not None:
-            label += f", {s.high_res_ratio * 100:.0f}% asked for the full image"
-        left.scatter([x], [y], s=90, color=_COLOURS.get(s.mode, "black"), zorder=3, label=label)
-        left.annotate(s.mode, (x, y), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=10)
-        plotted += 1
-    left.set_xlim(0, max([110.0, *(x + 10 for x in xs)]))
-    left.set_ylim(-2, 112)
-    left.set_xlabel("Visual tokens used (% of one full-resolution pass)")
-    left.set_ylabel("Accuracy (% of judged answers)")
-    left.set_title("Accuracy vs visual tokens", pad=14)
-    left.grid(alpha=0.3)
-    if plotted:
-        left.legend(loc="lower right", fontsize=8)
-    else:
-        left.text(55, 50, "no judged answers", ha="center", color="grey")
-
-    names = [s.mode for s in summaries]
-    means = [s.latency_mean_s or 0.0 for s in summaries]
-    right.bar(names, means, color=[_COLOURS.get(n, "grey") for n in names], alpha=0.8, label="mean")
-    for index, s in enumerate(summaries):
-        if s.latency_p50_s is not None:
-            right.plot([index], [s.latency_p50_s], marker="o", color="black", linestyle="none",
-                       label="p50" if index == 0 else None)
-        if s.latency_p90_s is not None:
-            right.plot([index], [s.latency_p90_s], marker="^", color="black", linestyle="none",
-                       label="p90" if index == 0 else None)
-    top = max([*means, *(s.latency_p90_s or 0.0 for s in summaries)])
-    right.set_ylim(0, top * 1.3 if top > 0 else 1.0)  # room for the legend above the bars
-    right.set_xlabel("Mode")
-    right.set_ylabel("Latency per episode (s)")
-    right.set_title("Latency per episode", pad=14)
-    right.grid(axis="y", alpha=0.3)
-    right.legend(loc="upper center", ncol=3, fontsize=8)
-
-    figure.suptitle(f"{_short(report.model)} on {_short(str(report.data.get('source')), 50)}: "
-                    f"{report.data.get('items')} items, judge {report.judge}")
-    _atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
-
-
-def _short(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
-
-
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 # --- The evaluation --------------------------------------------------------------------------------------------
@@ -1003,55 +610,58 @@ def evaluate(
         out_dir=out,
         notice=engine.notice,
     )
-    _atomic_write(report.summary_json,
-                  lambda handle: handle.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode()))
-    write_plot(report, report.summary_png)
+    report.write()
     return report
 
 
 # --- Command line ----------------------------------------------------------------------------------------------
 
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+PROG = "python -m train.evaluate"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+@dataclass(kw_only=True)
+class EvaluateArguments:
+    """The command line of ``python -m train.evaluate`` (every field a flag)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "Hub id or folder of the checkpoint (VISIONTHINK_MODEL); 'auto' asks the server."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Hub revision of the checkpoint (VISIONTHINK_REVISION)."})
+    data: str = field(metadata={"help": "A store export (save_to_disk folder), a parquet file or folder, or a Hub "
+                                        "dataset id, in VisionThink's schema."})
+    split: str = field(default="train", metadata={"help": "Split of a Hub dataset."})
+    modes: str = field(default=",".join(MODES), metadata={"help": "Comma-separated: auto, low, high."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate the first N rows only."})
+    judge: Literal["rule", "llm", "env"] = field(default="env", metadata={
+        "help": "rule (offline matching), llm (the paper's judge; VISIONTHINK_JUDGE_* variables) or env "
+                "(VISIONTHINK_JUDGE decides; rule when nothing is set)."})
+    out: str | None = field(default=None, metadata={"help": "Output folder (runs/eval/<model> when not given)."})
+    backend: Literal["transformers", "openai"] | None = field(default=None, metadata={"help": "VISIONTHINK_BACKEND."})
+    base_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (VISIONTHINK_BASE_URL)."})
+    device: str | None = field(default=None, metadata={"help": "auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE)."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS)."})
+    retry_failed: bool = field(default=False, metadata={"help": "Run again the episodes that failed last time."})
+    concurrency: int = field(default=1, metadata={
+        "metavar": "N", "help": "Episodes in flight at once. Above 1 needs --backend openai: a server such as vLLM "
+                                "batches them, so a large benchmark runs at the server's throughput."})
+    allow_fallback: bool = field(default=False, metadata={
+        "help": "Evaluate the embedded miniature when the model cannot be loaded (it knows only its synthetic task; "
+                "for smoke tests)."})
+    no_progress: bool = field(default=False, metadata={"help": "No progress bar."})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m train.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Hub id or folder of the checkpoint (VISIONTHINK_MODEL); 'auto' asks the server.")
-    parser.add_argument("--revision", help="Hub revision of the checkpoint (VISIONTHINK_REVISION).")
-    parser.add_argument("--data", required=True, help="A store export (save_to_disk folder), a parquet file or "
-                        "folder, or a Hub dataset id, in VisionThink's schema.")
-    parser.add_argument("--split", default="train", help="Split of a Hub dataset (default: train).")
-    parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated: auto, low, high (default: all).")
-    parser.add_argument("--limit", type=int, help="Evaluate the first N rows only.")
-    parser.add_argument("--judge", choices=("rule", "llm", "env"), default="env",
-                        help="rule (offline matching), llm (the paper's judge; VISIONTHINK_JUDGE_* variables) or "
-                             "env (VISIONTHINK_JUDGE decides; rule when nothing is set).")
-    parser.add_argument("--out", help="Output folder (default: runs/eval/<model>).")
-    parser.add_argument("--backend", choices=("transformers", "openai"), help="VISIONTHINK_BACKEND.")
-    parser.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (VISIONTHINK_BASE_URL).")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (VISIONTHINK_DEVICE).")
-    parser.add_argument("--max-new-tokens", type=int, help="Tokens per turn at most (VISIONTHINK_MAX_NEW_TOKENS).")
-    parser.add_argument("--retry-failed", action="store_true", help="Run again the episodes that failed last time.")
-    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="Episodes in flight at once (default 1). Above 1 needs --backend openai: a server such "
-                             "as vLLM batches them, so a large benchmark runs at the server's throughput.")
-    parser.add_argument("--allow-fallback", action="store_true",
-                        help="Evaluate the embedded miniature when the model cannot be loaded (it knows only its "
-                             "synthetic task; for smoke tests).")
-    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
-    return parser
+def build_parser() -> CommandParser:
+    # Errors without the program's name, as every other error of this command is written.
+    return CommandParser(EvaluateArguments, prog=PROG, description=__doc__.splitlines()[0], named_errors=False)
 
 
 def model_slug(model_id: str) -> str:
     """A folder-safe model name: a folder's own name, or a Hub id with ``/`` as ``--``."""
-    name = Path(model_id).expanduser().name if _looks_like_local_path(model_id) or Path(model_id).is_dir() \
+    name = Path(model_id).expanduser().name if looks_like_path(model_id) or Path(model_id).is_dir() \
         else model_id.replace("/", "--")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
@@ -1061,7 +671,7 @@ def default_out_dir(model_id: str) -> Path:
     return DEFAULT_OUT_ROOT / model_slug(model_id)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: EvaluateArguments) -> Settings:
     return Settings.from_env().override(
         model=args.model, revision=args.revision, backend=args.backend, base_url=args.base_url, device=args.device,
         max_new_tokens=args.max_new_tokens, model_concurrency=args.concurrency,
@@ -1081,7 +691,7 @@ def _judge(kind: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    (args,) = build_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from train.judge import JudgeError
 
@@ -1095,8 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = _judge(args.judge)
         items = load_items(args.data, args.split, limit=args.limit)
     except (EvalError, SettingsError, JudgeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(None, str(exc), EXIT_BAD_INPUT)
 
     refusal = ("An evaluation does not fall back to the embedded miniature; pass --allow-fallback to evaluate it "
                "anyway, or name it with --model.")
@@ -1105,20 +714,17 @@ def main(argv: list[str] | None = None) -> int:
             engine = load_engine(settings, progress=lambda message: print(message, file=sys.stderr))
         except ModelLoadError as exc:
             hint = f" {refusal}" if settings.backend == "transformers" and not args.allow_fallback else ""
-            print(f"error: {exc}{hint}", file=sys.stderr)
-            return EXIT_FAILED
+            return fail(None, f"{exc}{hint}", EXIT_FAILED)
         if engine.notice:
             if not args.allow_fallback:
-                print(f"error: {engine.notice} {refusal}", file=sys.stderr)
-                return EXIT_FAILED
+                return fail(None, f"{engine.notice} {refusal}", EXIT_FAILED)
             print(f"WARNING: {engine.notice}", file=sys.stderr)
         out = Path(args.out).expanduser() if args.out else default_out_dir(engine.model_id)
         try:
             report = evaluate(engine, items, modes=modes, judge=judge, out_dir=out, progress=not args.no_progress,
                               retry_failed=args.retry_failed, concurrency=args.concurrency)
         except EvalError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return fail(None, str(exc), EXIT_FAILED)
         except KeyboardInterrupt:
             print(f"\nStopped. Finished episodes are in {out / RESULTS_FILE}; run the same command again to resume.",
                   file=sys.stderr)
@@ -1134,8 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {report.results_path}, {report.summary_json} and {report.summary_png}.", file=sys.stderr)
     episodes = sum(s.items for s in report.modes.values())
     if episodes and all(s.errors == s.items for s in report.modes.values()):
-        print("error: every episode failed (see the messages above).", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(None, "every episode failed (see the messages above).", EXIT_FAILED)
     return 0
 
 

@@ -14,10 +14,16 @@ EXIT_BAD_INPUT = 2
 
 class CommandParser(HfArgumentParser):
     """``HfArgumentParser`` for ``python -m …`` commands: a bad argument exits with ``EXIT_BAD_INPUT`` and one line,
-    ``PROG: error: MESSAGE (see --help)``."""
+    ``PROG: error: MESSAGE (see --help)``; with ``named_errors=False``, ``error: MESSAGE (see --help)`` (a command
+    whose own errors are written without its name)."""
+
+    def __init__(self, dataclass_types, *, named_errors: bool = True, **kwargs) -> None:
+        super().__init__(dataclass_types, **kwargs)
+        self.named_errors = named_errors
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        line = error_line(self.prog if self.named_errors else None, f"{message} (see --help)")
+        self.exit(EXIT_BAD_INPUT, line + "\n")
 
     def parse(self, argv: list[str] | None = None) -> tuple:
         """The dataclasses filled from ``argv`` (default ``sys.argv[1:]``); an argument none of them declares is
@@ -28,7 +34,12 @@ class CommandParser(HfArgumentParser):
         return tuple(values)
 
 
-def fail(prog: str, message: str, status: int = EXIT_BAD_INPUT) -> int:
-    """Print ``PROG: error: MESSAGE`` to stderr and return ``status``, for a command's ``main`` to return."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+def error_line(prog: str | None, message: str) -> str:
+    """``PROG: error: MESSAGE``, or ``error: MESSAGE`` without a ``prog``."""
+    return f"{prog}: error: {message}" if prog else f"error: {message}"
+
+
+def fail(prog: str | None, message: str, status: int = EXIT_BAD_INPUT) -> int:
+    """Print ``error_line(prog, message)`` to stderr and return ``status``, for a command's ``main`` to return."""
+    print(error_line(prog, message), file=sys.stderr)
     return status

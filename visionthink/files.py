@@ -16,11 +16,12 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
                  mode: int | None = None) -> None:
     """Write ``path`` so that a reader sees the old file or the new one, never a part: the data (text as UTF-8,
     bytes, or a function writing to a binary handle) goes to a temporary file beside it, is flushed to disk, and
-    replaces ``path`` in one rename. ``mode`` sets the permissions (else the old file's, else the default)."""
+    replaces ``path`` in one rename. ``mode`` sets the permissions (else the old file's, else what ``open`` would
+    give a new file under the process's umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is None and path.exists():
-        mode = path.stat().st_mode & 0o777
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -30,12 +31,24 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
                 handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask`` sets it while reading)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from tests.support.chat_server import ChatServer
 from tests.support.scripted_vlm import MODEL, scripted_visionthink, write_cards
 from train import evaluate as ev
 from train.judge import RuleJudge
+from train.report import SUMMARY_JSON
 from visionthink.backends import OpenAIBackend, TransformersBackend
 from visionthink.engine import Engine
 
@@ -134,8 +135,8 @@ def test_four_in_flight_give_the_same_results_as_one_at_a_time_and_really_overla
     assert all(r["error"] is None for r in concurrent.values())
     assert {r["requested_high_res"] for r in concurrent.values()} == {True, False}  # both paths were taken
 
-    one = json.loads((tmp_path / "one" / ev.SUMMARY_JSON).read_text())
-    four = json.loads((tmp_path / "four" / ev.SUMMARY_JSON).read_text())
+    one = json.loads((tmp_path / "one" / SUMMARY_JSON).read_text())
+    four = json.loads((tmp_path / "four" / SUMMARY_JSON).read_text())
     assert (one["run"]["concurrency"], four["run"]["concurrency"]) == (1, 4)
     assert four["run"]["episodes_run"] == EPISODES and four["run"]["episodes_per_s"] > 0
 
@@ -178,7 +179,7 @@ def test_a_run_killed_mid_way_resumes_without_redoing_finished_episodes_or_dupli
     final = lines(results)  # every line is whole JSON
     assert len(final) == EPISODES and len({(r["item"], r["mode"]) for r in final}) == EPISODES
     assert final[:6] == killed and all(r["error"] is None for r in final)
-    summary = json.loads((out / ev.SUMMARY_JSON).read_text())
+    summary = json.loads((out / SUMMARY_JSON).read_text())
     assert summary["run"]["reused"] == 6 and summary["run"]["episodes_run"] == EPISODES - 6
     assert summary["run"]["unreadable_lines"] == 0
 

@@ -286,6 +286,15 @@ def test_load_items_ids_references_and_skipped_rows(tmp_path):
     assert isinstance(items[0].image, bytes)  # not decoded until the engine needs it
 
 
+def test_a_second_writer_of_the_same_results_file_is_refused_until_the_first_closes(tmp_path):
+    path = tmp_path / ev.RESULTS_FILE
+    with ev.ResultsLog(path):
+        with pytest.raises(ev.EvalError, match="Another evaluation is writing to .*choose another --out"):
+            ev.ResultsLog(path)
+    with ev.ResultsLog(path) as results_log:  # free again once the first writer is done
+        assert results_log.results == []
+
+
 def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTHINK_")}
     return subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=ROOT, capture_output=True, text=True,

@@ -18,6 +18,7 @@ from PIL import Image
 
 from train import evaluate as ev
 from train.judge import RuleJudge
+from train.report import ModeSummary, Report, summarise_mode
 
 # problem, answer, category; "chart" items are answered 44.6 in auto mode, 2 of 3 right, one after asking for the
 # full image; the "ocr" item is answered wrong without asking.
@@ -43,7 +44,7 @@ def items(tmp_path):
     return ev.load_items(path)
 
 
-def report(items, tmp_path) -> ev.Report:
+def report(items, tmp_path) -> Report:
     results = []
     for item, answer, asked in zip(items, ANSWERS, ASKED, strict=True):
         result = ev.Result(item=item.id, mode="auto", model="m", settings={}, question=item.question,
@@ -54,10 +55,10 @@ def report(items, tmp_path) -> ev.Report:
         results.append(result)
     ev.judge_results(RuleJudge(), results, {i.id: i for i in items})
     kinds = sorted({r.kind for r in results})
-    return ev.Report(
+    return Report(
         model="m", model_source="test", judge="rule", data=items.describe(),
-        modes={"auto": ev.summarise_mode("auto", results)}, comparisons={},
-        by_kind={k: {"auto": ev.summarise_mode("auto", [r for r in results if r.kind == k])} for k in kinds},
+        modes={"auto": summarise_mode("auto", results)}, comparisons={},
+        by_kind={k: {"auto": summarise_mode("auto", [r for r in results if r.kind == k])} for k in kinds},
         settings={}, judge_stats=None, run={}, out_dir=tmp_path,
     )
 
@@ -94,4 +95,4 @@ def test_each_category_row_shows_n_accuracy_with_its_interval_and_the_request_ra
     assert ocr["accuracy_ci95"] == pytest.approx([0.0, 0.7935], abs=1e-4) and ocr["high_res_ratio"] == 0.0
     assert "Wilson" in written["definitions"]["by_kind"] and "category" in written["definitions"]["by_kind"]
     # the overall modes keep their fields unchanged
-    assert set(written["modes"]["auto"]) == {f.name for f in dataclasses.fields(ev.ModeSummary)}
+    assert set(written["modes"]["auto"]) == {f.name for f in dataclasses.fields(ModeSummary)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visionthink.args import EXIT_BAD_INPUT, CommandParser
+from visionthink.args import EXIT_BAD_INPUT, CommandParser, fail
 from visionthink.clock import as_utc, parse_day, utcnow
 from visionthink.files import atomic_write, exclusive, looks_like_path
 
@@ -23,6 +23,12 @@ def test_atomic_write_replaces_whole_files_and_keeps_permissions(tmp_path):
     assert path.read_bytes() == b"second" and path.stat().st_mode & 0o777 == 0o600  # the old file's mode
     atomic_write(path, lambda handle: handle.write(b"third"))
     assert path.read_bytes() == b"third"
+    previous = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "summary.json", "{}")  # a new file: what open() would give it under the umask
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o640
     assert [p.name for p in path.parent.iterdir()] == ["users.toml"]  # no temporary left behind
 
 
@@ -108,5 +114,12 @@ def test_command_parser_reads_dataclasses_and_fails_in_one_line(capsys):
         err = capsys.readouterr().err
         assert err.startswith("python -m thing: error: ") and err.count("\n") == 1, err
     assert "how many" in parser.format_help()
+    unnamed = CommandParser(_Args, prog="python -m thing", named_errors=False)
+    with pytest.raises(SystemExit):
+        unnamed.parse([])
+    assert capsys.readouterr().err.startswith("error: ")
+    assert fail(None, "no such file", 1) == 1 and capsys.readouterr().err == "error: no such file\n"
+    assert fail("python -m thing", "bad") == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == "python -m thing: error: bad\n"
 
 
