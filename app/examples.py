@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from visionthink.files import atomic_write
 from visionthink.miniature import task
 
 
@@ -124,20 +125,14 @@ EXAMPLES = (
 )
 
 
-def default_folder() -> Path:
-    return Path(os.environ.get("VISIONTHINK_EXAMPLES_DIR", Path.home() / ".cache" / "visionthink" / "examples"))
-
-
-def ensure_examples(folder: Path | None = None) -> list[Example]:
-    """Draw the example images into ``folder`` (once) and return them with their questions."""
-    folder = Path(folder or default_folder())
-    folder.mkdir(parents=True, exist_ok=True)
+def ensure_examples(folder: str | os.PathLike) -> list[Example]:
+    """Draw the example images into ``folder`` (``VISIONTHINK_EXAMPLES_DIR``; once) and return them with their
+    questions."""
+    folder = Path(folder).expanduser()
     examples = []
     for name, question, draw in EXAMPLES:
         path = folder / f"{name}.png"
         if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-            draw().save(tmp, format="PNG")
-            tmp.replace(path)
+            atomic_write(path, lambda handle, draw=draw: draw().save(handle, format="PNG"))
         examples.append(Example(name, question, path))
     return examples

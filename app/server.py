@@ -71,8 +71,8 @@ def build_pages(settings: Settings, *, slot: ModelSlot | None = None, examples=N
                       max_text_chars=settings.max_text_chars)
         store.sync_users(directory.pairs())
     slot = slot or ModelSlot(lambda progress: load_engine(settings, progress)).start()
-    examples = ensure_examples() if examples is None else examples
-    on_spaces = bool(os.environ.get("SPACE_ID")) if on_spaces is None else on_spaces
+    examples = ensure_examples(settings.examples_dir) if examples is None else examples
+    on_spaces = bool(settings.space_id) if on_spaces is None else on_spaces
 
     with_studio = store is not None and directory.can_sign_in
 
@@ -143,8 +143,8 @@ def create_app(pages: Pages):
 def serve(settings: Settings) -> None:
     pages = build_pages(settings)
     housekeeping = Housekeeping(pages.store, settings, folders=pages.file_folders, keep=pages.kept_files).start()
-    host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if pages.on_spaces else "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    host = settings.server_name or ("0.0.0.0" if pages.on_spaces else "127.0.0.1")
+    port = settings.server_port
     try:
         if pages.on_spaces or pages.studio is None:
             pages.public.queue(max_size=settings.queue_size)

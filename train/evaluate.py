@@ -680,20 +680,10 @@ def _settings(args: EvaluateArguments) -> Settings:
     )
 
 
-def _judge(kind: str):
-    from train.judge import RuleJudge, judge_from_env
-
-    if kind == "rule":
-        return RuleJudge()
-    if kind == "llm":
-        return judge_from_env({**os.environ, "VISIONTHINK_JUDGE": "llm"})
-    return judge_from_env()
-
-
 def main(argv: list[str] | None = None) -> int:
     (args,) = build_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from train.judge import JudgeError
+    from train.judge import make_judge
 
     try:
         modes = parse_modes(args.modes)
@@ -702,9 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         if args.concurrency > 1 and settings.backend != "openai":
             raise EvalError(concurrency_refusal(args.concurrency))  # before loading a model for nothing
-        judge = _judge(args.judge)
+        judge = make_judge(args.judge, settings)
         items = load_items(args.data, args.split, limit=args.limit)
-    except (EvalError, SettingsError, JudgeError) as exc:
+    except (EvalError, SettingsError) as exc:  # a JudgeError is a SettingsError
         return fail(None, str(exc), EXIT_BAD_INPUT)
 
     refusal = ("An evaluation does not fall back to the embedded miniature; pass --allow-fallback to evaluate it "

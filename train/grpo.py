@@ -264,10 +264,11 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
     from train.chat_template import install
     from train.data import training_dataset
     from train.environment import ResizeEnvironment
-    from train.judge import RuleJudge, judge_from_env
+    from train.judge import make_judge
     from train.rewards import RewardSettings, VisionThinkRewards
     from visionthink import protocol
     from visionthink.hf import load_processor
+    from visionthink.settings import Settings
 
     check_setup(vt, training, PartialState().num_processes)
     training.max_tool_calling_iterations = 1
@@ -321,8 +322,7 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
     if evaluation is not None and training.eval_strategy == "no":
         raise SetupError("Validation data is given (eval_dataset or eval_rows) but eval_strategy is 'no': set "
                          "eval_strategy: steps and eval_steps.")
-    judge = RuleJudge() if vt.judge == "rule" else judge_from_env(
-        {**os.environ, "VISIONTHINK_JUDGE": "llm"} if vt.judge == "llm" else None)
+    judge = make_judge(vt.judge, Settings.from_env())
     rewards = VisionThinkRewards(
         processor.tokenizer, judge,
         RewardSettings(vt.format_weight, vt.penalty_mode, vt.penalty_theta, vt.penalty_value, vt.penalty_scope),
@@ -522,13 +522,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}" + (f"\n{PROG} --help-all lists every field." if unknown else ""), file=sys.stderr)
         return 2
     from train.data import DataError
-    from train.judge import JudgeError
     from visionthink.hf import ModelUnavailable
+    from visionthink.settings import SettingsError
 
     try:
         resume = resume_point(training)
         trainer = build_trainer(vt, training, model_args)
-    except (SetupError, DataError, JudgeError, ModelUnavailable) as exc:
+    except (SetupError, DataError, SettingsError, ModelUnavailable) as exc:  # SettingsError: JudgeError too
         log.error("%s", exc)
         return 2
     if resume:

@@ -2,7 +2,7 @@ r"""Accuracy judges for the GRPO reward and the evaluation: is a model's ``<answ
 
 :class:`LLMJudge` asks an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, an open model served by vLLM) with
 the paper's judge prompt (``protocol.JUDGE_SYSTEM_PROMPT`` / ``JUDGE_USER_TEMPLATE``, spec §5.1); :class:`RuleJudge`
-scores offline by rules. :func:`judge_from_env` picks one from the ``VISIONTHINK_JUDGE*`` variables.
+scores offline by rules. :func:`make_judge` builds one from the ``VISIONTHINK_JUDGE*`` settings.
 
 A judgement that fails is ``None``, never a silent 0 or 1 and never an exception (spec §9, defects 6 and 7): it is
 counted in ``judge.stats.failures`` by reason and logged on the ``train.judge`` logger; the reward leaves it out.
@@ -53,7 +53,7 @@ import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,18 +61,19 @@ from pathlib import Path
 import openai
 
 from visionthink import protocol
+from visionthink.settings import DEFAULT_JUDGE_MODEL, Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_JUDGE_MODEL = "gpt-4o-2024-11-20"
 #: Temperature of attempt ``i`` is ``TEMPERATURE_STEP * i``: 0, 0.2, 0.4 as in the released code.
 TEMPERATURE_STEP = 0.2
 
 Item = tuple[str, str, str | None]  # (question, reference, prediction)
 
 
-class JudgeError(ValueError):
-    """A judge that cannot be built: a bad setting (the message names the variable) or an unusable cache file."""
+class JudgeError(SettingsError):
+    """A judge that cannot be built: settings that do not go together (the message names the variables) or an
+    unusable cache file."""
 
 
 # --- The interface ---------------------------------------------------------------------------------------------
@@ -749,86 +750,44 @@ class RuleJudge(Judge):
         return said is not None and options.get(said) == want and bool(want)
 
 
-# --- Settings --------------------------------------------------------------------------------------------------
-
-#: The environment variables :func:`judge_from_env` reads (README has the table).
-ENV_VARS = (
-    "VISIONTHINK_JUDGE",
-    "VISIONTHINK_JUDGE_BASE_URL",
-    "VISIONTHINK_JUDGE_MODEL",
-    "VISIONTHINK_JUDGE_API_KEY",
-    "VISIONTHINK_JUDGE_AZURE_ENDPOINT",
-    "VISIONTHINK_JUDGE_API_VERSION",
-    "VISIONTHINK_JUDGE_CONCURRENCY",
-    "VISIONTHINK_JUDGE_TIMEOUT",
-    "VISIONTHINK_JUDGE_CACHE",
-)
+# --- Building a judge from the settings ------------------------------------------------------------------------
 
 
-def judge_from_env(environ: Mapping[str, str] | None = None) -> Judge:
-    """The judge the ``VISIONTHINK_JUDGE*`` variables describe.
-
-    ``VISIONTHINK_JUDGE`` is ``llm`` or ``rule``; unset, it is ``llm`` when ``VISIONTHINK_JUDGE_BASE_URL`` or
-    ``VISIONTHINK_JUDGE_AZURE_ENDPOINT`` is set and ``rule`` otherwise, so offline runs work. The API key falls
-    back to ``OPENAI_API_KEY``. A bad value raises :class:`JudgeError` naming the variable.
+def make_judge(kind: str, settings: Settings) -> Judge:
+    """The judge ``kind`` names, built from ``settings``: ``rule``, ``llm``, or ``env`` for the one
+    ``VISIONTHINK_JUDGE`` names; unset, that is ``llm`` when ``VISIONTHINK_JUDGE_BASE_URL`` or
+    ``VISIONTHINK_JUDGE_AZURE_ENDPOINT`` is set and ``rule`` otherwise, so offline runs work. Settings that cannot
+    make an LLM judge together raise :class:`JudgeError` naming the variables (each value was checked by
+    :class:`Settings`).
     """
-    env = os.environ if environ is None else environ
-
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value.strip() if value and value.strip() else None
-
-    base_url = get("VISIONTHINK_JUDGE_BASE_URL")
-    azure_endpoint = get("VISIONTHINK_JUDGE_AZURE_ENDPOINT")
-    kind = (get("VISIONTHINK_JUDGE") or ("llm" if base_url or azure_endpoint else "rule")).lower()
-    if kind not in ("llm", "rule"):
-        raise JudgeError(f"VISIONTHINK_JUDGE must be 'llm' or 'rule', not {env.get('VISIONTHINK_JUDGE')!r}.")
+    base_url, azure_endpoint = settings.judge_base_url, settings.judge_azure_endpoint
+    if kind == "env":
+        kind = (settings.judge or ("llm" if base_url or azure_endpoint else "rule")).lower()
     if kind == "rule":
         return RuleJudge()
-
+    if kind != "llm":
+        raise JudgeError(f"A judge is 'rule', 'llm' or 'env', not {kind!r}.")
     if base_url and azure_endpoint:
         raise JudgeError(
             "Set VISIONTHINK_JUDGE_BASE_URL (an OpenAI-compatible server) or VISIONTHINK_JUDGE_AZURE_ENDPOINT "
             "(Azure OpenAI), not both."
         )
-    for name, value in (("VISIONTHINK_JUDGE_BASE_URL", base_url), ("VISIONTHINK_JUDGE_AZURE_ENDPOINT", azure_endpoint)):
-        if value and not re.match(r"^https?://[^/\s]+", value):
-            raise JudgeError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000/v1, not {value!r}.")
-    api_version = get("VISIONTHINK_JUDGE_API_VERSION")
-    if azure_endpoint and not api_version:
+    if azure_endpoint and not settings.judge_api_version:
         raise JudgeError(
             "VISIONTHINK_JUDGE_API_VERSION must be set with VISIONTHINK_JUDGE_AZURE_ENDPOINT (e.g. 2024-10-21)."
         )
-    api_key = get("VISIONTHINK_JUDGE_API_KEY") or get("OPENAI_API_KEY")
-    if not base_url and not azure_endpoint and not api_key:
+    if not base_url and not azure_endpoint and not settings.judge_api_key:
         raise JudgeError(
             "VISIONTHINK_JUDGE=llm without VISIONTHINK_JUDGE_BASE_URL means api.openai.com, which needs "
             "VISIONTHINK_JUDGE_API_KEY (or OPENAI_API_KEY). Set one, or use VISIONTHINK_JUDGE=rule offline."
         )
-
-    concurrency = _parse("VISIONTHINK_JUDGE_CONCURRENCY", get("VISIONTHINK_JUDGE_CONCURRENCY"), int, 16)
-    timeout = _parse("VISIONTHINK_JUDGE_TIMEOUT", get("VISIONTHINK_JUDGE_TIMEOUT"), float, 120.0)
-    if concurrency < 1:
-        raise JudgeError(f"VISIONTHINK_JUDGE_CONCURRENCY must be at least 1, not {concurrency}.")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise JudgeError(f"VISIONTHINK_JUDGE_TIMEOUT must be a positive number of seconds, not {timeout}.")
-    cache_path = get("VISIONTHINK_JUDGE_CACHE")
     return LLMJudge(
         base_url=base_url,
-        model=get("VISIONTHINK_JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
-        api_key=api_key,
+        model=settings.judge_model,
+        api_key=settings.judge_api_key,
         azure_endpoint=azure_endpoint,
-        api_version=api_version,
-        timeout_s=timeout,
-        max_concurrency=concurrency,
-        cache=JudgeCache(cache_path) if cache_path else None,
+        api_version=settings.judge_api_version,
+        timeout_s=settings.judge_timeout_s,
+        max_concurrency=settings.judge_concurrency,
+        cache=JudgeCache(settings.judge_cache) if settings.judge_cache else None,
     )
-
-
-def _parse(name: str, raw: str | None, kind: type, default):
-    if raw is None:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise JudgeError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {raw!r}.") from None

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,7 +123,7 @@ def run(args: argparse.Namespace, grpo_overrides: list[str]) -> int:
     from store.api import Actor, Store
     from store.export import export
     from train import grpo
-    from train.judge import RuleJudge, judge_from_env
+    from train.judge import make_judge
     from visionthink.settings import Settings
 
     settings = Settings.from_env()
@@ -154,8 +153,7 @@ def run(args: argparse.Namespace, grpo_overrides: list[str]) -> int:
             raise RetrainError("Training stopped (see the messages above); nothing was registered.")
 
         log.info("3/4 Evaluating the new checkpoint against %s …", base)
-        judge = RuleJudge() if args.judge == "rule" else judge_from_env(
-            None if args.judge == "env" else {**os.environ, "VISIONTHINK_JUDGE": "llm"})
+        judge = make_judge(args.judge, settings)
         modes = tuple(m.strip() for m in args.eval_modes.split(",") if m.strip())
         reports = {name: evaluate_model(model, eval_path, out / "eval" / name, modes, judge, settings)
                    for name, model in (("current", str(base)), ("new", str(checkpoint)))}

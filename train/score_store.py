@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from store.api import Actor, Store
 from store.db import StoreError
-from train.judge import JudgeError, RuleJudge, judge_from_env
+from train.judge import make_judge
 from visionthink.settings import Settings, SettingsError
 
 
@@ -40,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         settings = Settings.from_env()
-        judge = RuleJudge() if args.judge == "rule" else judge_from_env(
-            None if args.judge == "env" else {**os.environ, "VISIONTHINK_JUDGE": "llm"})
+        judge = make_judge(args.judge, settings)
         store = Store(args.db or settings.db_url, ratings_per_item=settings.ratings_per_item)
-    except (SettingsError, JudgeError, StoreError) as exc:
+    except (SettingsError, StoreError) as exc:  # a JudgeError is a SettingsError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

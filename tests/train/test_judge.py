@@ -21,12 +21,13 @@ from train.judge import (
     LLMJudge,
     RuleJudge,
     close_marker,
-    judge_from_env,
     neutralise,
     open_marker,
     parse_verdict,
 )
+from train.judge import make_judge as build_judge
 from visionthink import protocol
+from visionthink.settings import Settings, SettingsError
 
 QUESTION = "What is written on the red sign?"
 REFERENCE = "STOP"
@@ -640,6 +641,11 @@ def test_one_malformed_reply_does_not_abort_a_batch():
 # --- Settings --------------------------------------------------------------------------------------------------
 
 
+def judge_from_env(environ: dict[str, str], kind: str = "env"):
+    """The judge ``make_judge`` builds from the settings these variables give."""
+    return build_judge(kind, Settings.from_env(environ))
+
+
 def test_judge_from_env_defaults_to_the_rule_judge_offline():
     assert isinstance(judge_from_env({}), RuleJudge)
     assert isinstance(judge_from_env({"VISIONTHINK_JUDGE": "rule", "VISIONTHINK_JUDGE_BASE_URL": "http://x/v1"}),
@@ -667,6 +673,17 @@ def test_judge_from_env_builds_an_llm_judge(tmp_path):
          "VISIONTHINK_JUDGE_MODEL": "gpt-4.1"}
     )
     assert own_key._client.api_key == "sk-own" and own_key.model == "gpt-4.1" and own_key.cache.path is None
+
+
+def test_the_kind_given_overrides_visionthink_judge():
+    assert isinstance(judge_from_env({"VISIONTHINK_JUDGE_BASE_URL": "http://x/v1"}, "rule"), RuleJudge)
+    forced = judge_from_env({"VISIONTHINK_JUDGE": "rule", "VISIONTHINK_JUDGE_BASE_URL": "http://x/v1"}, "llm")
+    assert isinstance(forced, LLMJudge) and str(forced._client.base_url).startswith("http://x/v1")
+    assert isinstance(judge_from_env({"VISIONTHINK_JUDGE": " LLM ", "OPENAI_API_KEY": "k"}), LLMJudge)
+    with pytest.raises(JudgeError, match="VISIONTHINK_JUDGE_API_KEY"):
+        judge_from_env({}, "llm")
+    with pytest.raises(JudgeError, match="'rule', 'llm' or 'env'"):
+        judge_from_env({}, "gpt")
 
 
 def test_judge_from_env_builds_an_azure_judge():
@@ -702,9 +719,9 @@ def test_judge_from_env_builds_an_azure_judge():
     ],
 )
 def test_judge_from_env_names_the_bad_variable(environ, named):
-    with pytest.raises(JudgeError, match=named):
+    with pytest.raises(SettingsError, match=named):  # a JudgeError is a SettingsError
         judge_from_env(environ)
-    assert issubclass(JudgeError, ValueError)
+    assert issubclass(JudgeError, SettingsError) and issubclass(JudgeError, ValueError)
 
 
 # --- The rule judge --------------------------------------------------------------------------------------------

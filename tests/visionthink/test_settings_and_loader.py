@@ -38,6 +38,13 @@ def test_environment_overrides_and_conversions(tmp_path):
         ({"VISIONTHINK_BACKEND": "onnx"}, "VISIONTHINK_BACKEND must be 'transformers' or 'openai'"),
         ({"VISIONTHINK_TOP_P": "high"}, "VISIONTHINK_TOP_P must be a number"),
         ({"VISIONTHINK_FALLBACK": "maybe"}, "VISIONTHINK_FALLBACK must be 'miniature' or 'none'"),
+        ({"VISIONTHINK_JUDGE": "gpt"}, "VISIONTHINK_JUDGE must be 'llm' or 'rule', not 'gpt'"),
+        ({"VISIONTHINK_JUDGE_BASE_URL": "localhost:8000"}, "VISIONTHINK_JUDGE_BASE_URL must be an http"),
+        ({"VISIONTHINK_JUDGE_AZURE_ENDPOINT": "a.azure.com"}, "VISIONTHINK_JUDGE_AZURE_ENDPOINT must be an http"),
+        ({"VISIONTHINK_JUDGE_CONCURRENCY": "many"}, "VISIONTHINK_JUDGE_CONCURRENCY must be a whole number"),
+        ({"VISIONTHINK_JUDGE_CONCURRENCY": "0"}, "VISIONTHINK_JUDGE_CONCURRENCY must be at least 1, not 0"),
+        ({"VISIONTHINK_JUDGE_TIMEOUT": "nan"}, "VISIONTHINK_JUDGE_TIMEOUT must be a positive number of seconds"),
+        ({"GRADIO_SERVER_PORT": "http"}, "GRADIO_SERVER_PORT must be a whole number, not 'http'"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
