@@ -4,7 +4,6 @@ and browser tests), or with any engine (`python -m tests.app.screenshot` serves 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,12 +13,7 @@ import pytest
 from PIL import Image
 
 from app.examples import Example
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port
 
 
 @contextmanager

@@ -4,9 +4,9 @@ model shared by every page."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-import statistics
 import threading
 import time
 import uuid
@@ -22,8 +22,9 @@ from app.guard import guard_events
 from app.server import studio_files_dir
 from app.ui import build_demo, launch_kwargs
 from store.api import Actor, Store
-from tests.app.conftest import PASSWORDS, forced_engine, free_port, serve_page, serve_studio
+from tests.app.conftest import PASSWORDS, forced_engine, serve_page, serve_studio
 from tests.support.chat_server import ChatServer, Reply
+from tests.support.ports import free_port
 
 # A 20-byte fake PNG (signature, IHDR length and type, 6 bytes of header): Pillow raised a bare OSError for it.
 FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00"
@@ -190,22 +191,29 @@ def test_sign_ins_are_throttled_per_user_and_per_client(tiny_model_dir, tmp_path
         assert oversized.status_code == 413
 
 
-def test_refusing_a_real_name_takes_as_long_as_refusing_an_unknown_one(studio):
-    """Before: 62 ms for a real name against 1.5 ms for an unknown one. Timed interleaved, so load on the machine
-    slows both alike; the bound only separates "the same work" from "no work"."""
+def test_refusing_an_unknown_name_does_the_same_work_as_refusing_a_real_one(studio, monkeypatch):
+    """Before: 62 ms for a real name against 1.5 ms for an unknown one, which was refused without hashing. Counted,
+    not timed: every refusal computes one scrypt hash of the same cost, whether the name exists or not (the times
+    are measured by bench/sign_in_bench.py)."""
     url, _ = studio
-    known, unknown = [], []
+    hashed: list[tuple[int, int, int, int]] = []
+    real_scrypt = hashlib.scrypt
+
+    def counted_scrypt(password, *, salt, n, r, p, maxmem=0, dklen=64):
+        hashed.append((n, r, p, dklen))
+        return real_scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted_scrypt)
+    work: dict[str, list[list[tuple[int, int, int, int]]]] = {"known": [], "unknown": []}
     with httpx.Client(timeout=30) as http:
-        for round_ in range(4):  # 4 failures per real name stay under the per-user limit (5)
-            for name in ("ada", "ann"):
-                start = time.perf_counter()
+        assert sign_in(http, url, "nobody-first", "wrong").status_code == 400  # the first one also makes the decoy
+        for round_ in range(2):  # 2 failures per real name stay under the per-user limit (5)
+            for kind, name in (("known", "ada"), ("known", "ann"), ("unknown", f"nobody-{uuid.uuid4().hex[:8]}")):
+                hashed.clear()
                 assert sign_in(http, url, name, f"wrong-{round_}").status_code == 400
-                known.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                assert sign_in(http, url, f"nobody-{uuid.uuid4().hex[:8]}", "wrong").status_code == 400
-                unknown.append(time.perf_counter() - start)
-    ratio = statistics.median(unknown) / statistics.median(known)
-    assert 0.4 < ratio < 2.5, (known, unknown)
+                work[kind].append(list(hashed))
+    (cost,) = work["known"][0]
+    assert work["known"] == [[cost]] * 4 and work["unknown"] == [[cost]] * 2, work
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
@@ -405,10 +413,8 @@ def test_the_app_stops_on_sigterm_with_a_client_connected(tmp_path):
         with httpx.stream("GET", f"http://127.0.0.1:{port}/gradio_api/heartbeat/{uuid.uuid4().hex}",
                           timeout=60) as held:  # a connection the server does not close by itself
             assert held.status_code == 200
-            started = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-            assert time.monotonic() - started < 15
+            process.wait(timeout=30)  # it used to wait for the open connection forever
         del client
     finally:
         if process.poll() is None:

@@ -117,8 +117,7 @@ def lose_insert_race(store: Store, winner, call: Callable[[], object]) -> object
         s.add(winner)
         s.flush()
         racer.start()
-        if not store.db.is_sqlite:
-            _wait_for_a_blocked_backend(store)
+        _wait_for_a_blocked_writer(store)
     racer.join(timeout=30)
     assert outcome, "the racing call never finished"
     kind, value = outcome[0]
@@ -156,18 +155,22 @@ def test_sync_users_that_loses_the_insert_race_still_applies_the_roles(store: St
     assert store.users() == [("ann", "admin")]
 
 
-def _wait_for_a_blocked_backend(store: Store) -> None:
-    """Until some other connection to this database waits on a lock (the racing INSERT), at most 10 s."""
+def _wait_for_a_blocked_writer(store: Store) -> None:
+    """Until another writer waits for the open write transaction, at most 10 s: on SQLite in the store's write-lock
+    queue, on PostgreSQL on a database lock (the racing INSERT on the unique index)."""
     deadline = time.monotonic() + 10
     # Autocommit: inside one transaction PostgreSQL would show the same pg_stat_activity snapshot every time.
     with store.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         while time.monotonic() < deadline:
-            waiting = connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
-                                             "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+            if store.db.is_sqlite:
+                waiting = len(store.db._write_lock._waiters)
+            else:
+                waiting = connection.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
             if waiting:
                 return
             time.sleep(0.02)
-    raise AssertionError("the racing record never blocked on the unique index")
+    raise AssertionError("the racing writer never waited for the open write transaction")
 
 
 def _count(store: Store, model) -> int:

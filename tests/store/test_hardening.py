@@ -21,8 +21,8 @@ from store.api import (
 from store.export import export
 from store.models import Ask, Judgement, ModelVersion, Rating, Skip, StoredImage, User
 from tests.store.conftest import build_answer, sample_image
+from tests.support.ports import free_port
 from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS
-from tests.support.postgres import free_port
 from visionthink.text import clean_text
 
 ADMIN = Actor("ann", "admin")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -19,7 +18,7 @@ from store.api import Actor, NotFound, PermissionDenied, PurgeReport, Store, enc
 from store.export import export
 from store.models import Ask, Judgement, ModelVersion, Rating, Skip, StoredImage, User
 from tests.store.conftest import build_answer, sample_image
-from tests.store.test_concurrency import _wait_for_a_blocked_backend
+from tests.store.test_concurrency import _wait_for_a_blocked_writer
 
 SYSTEM, ADMIN = Actor.system(), Actor("ann", "admin")
 BOB, CAROL, DAVE = Actor("bob", "annotator"), Actor("carol", "annotator"), Actor("dave", "annotator")
@@ -177,10 +176,7 @@ def test_an_image_asked_about_again_during_a_purge_stays(store: Store, monkeypat
     def purge_meanwhile(s, *args):
         """Called by ``record`` after it found the stored image, before it adds the answer."""
         purger.start()
-        if store.db.is_sqlite:
-            time.sleep(0.3)  # the purge waits for the write lock
-        else:
-            _wait_for_a_blocked_backend(store)  # the purge is deleting the image and waits for this answer
+        _wait_for_a_blocked_writer(store)  # the purge waits for this answer (SQLite: for the write lock)
         return find_version(s, *args)
 
     monkeypatch.setattr(store, "_model_version", purge_meanwhile)

@@ -1,6 +1,7 @@
 """Test-only constrained decoding: make the tiny random model write a chosen turn, token by token.
 
-Used to drive the engine down the tool-call path with a real model, real processor and real generate().
+Used to drive the engine down the tool-call path with a real model, real processor and real generate(), and to
+count the steps generate() runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class ForceText(LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         forced[:, target] = 0.0
         return forced
+
+
+class CountSteps(LogitsProcessor):
+    """Changes nothing; appends to ``steps`` the sequence length at each generation step (one per new token)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = steps
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(input_ids.shape[1])
+        return scores
 
 
 def forcing_factory(tokenizer, turns: list[str]):

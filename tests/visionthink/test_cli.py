@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.support.chat_server import ChatServer, Reply, image_urls
 from tests.support.forcing import ANSWER_TURN, TOOL_TURN
+from tests.support.ports import refused_url
 from visionthink import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,10 +152,8 @@ def test_text_output_shows_reasoning_decision_answer_and_tokens(photo):
 @pytest.mark.parametrize("model", ["auto", "Senqiao/VisionThink-Efficient"])
 def test_unreachable_server_is_one_line_exit_1(photo, model):
     """Named or not, the model is looked up on the server first: nothing claims to be "Using" a dead server."""
-    with ChatServer([]) as server:
-        url = server.base_url
-    result = run_cli("--image", str(photo), "--question", "What?", "--backend", "openai", "--base-url", url,
-                     "--model", model)
+    result = run_cli("--image", str(photo), "--question", "What?", "--backend", "openai", "--base-url",
+                     refused_url("/v1"), "--model", model)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Could not list the models served at" in errors[0]
@@ -197,9 +196,9 @@ def test_a_truncated_image_is_one_line_exit_2(tmp_path, data):
     assert "Upload" in lines[0]
 
 
-def test_default_model_offline_falls_back_to_the_embedded_miniature(photo):
+def test_default_model_offline_falls_back_to_the_embedded_miniature(photo, tmp_path):
     result = run_cli("--image", str(photo), "--question", "What colour is the shape?", "--json",
-                     env={"VISIONTHINK_MODEL": "Senqiao/VisionThink-Efficient"})
+                     env={"VISIONTHINK_MODEL": "Senqiao/VisionThink-Efficient", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 0, result.stderr
     assert "WARNING: Could not load Senqiao/VisionThink-Efficient" in result.stderr
     assert "a miniature VisionThink trained on a synthetic shapes-and-textures task" in result.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.forcing import ANSWER_TURN, BAD_TOOL_TURN, TOOL_TURN, forcing_factory
+from tests.support.forcing import ANSWER_TURN, BAD_TOOL_TURN, TOOL_TURN, CountSteps, forcing_factory
 from visionthink import protocol
 from visionthink.backends import TransformersBackend
 from visionthink.engine import (
@@ -201,13 +201,7 @@ def test_closing_the_stream_stops_generation(tiny_parts, picture):
     """A consumer that goes away (a closed browser tab) must not leave the model generating."""
     model, processor = tiny_parts
     steps: list[int] = []
-
-    class Count:
-        def __call__(self, input_ids, scores):
-            steps.append(input_ids.shape[1])
-            return scores
-
-    backend = TransformersBackend(model, processor, "tiny", logits_processor_factory=lambda turn: [Count()])
+    backend = TransformersBackend(model, processor, "tiny", logits_processor_factory=lambda turn: [CountSteps(steps)])
     engine = Engine(backend, settings=GenerationSettings(max_new_tokens=2000))
     events = engine.stream(picture, "Anything?")
     for event in events:

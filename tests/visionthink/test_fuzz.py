@@ -4,7 +4,8 @@
 Each property says what may come out: ``load_image`` returns an RGB image or raises ``ImageError`` with a message
 for a person, nothing else; ``parse_turn`` never raises and returns one of the documented kinds. Hypothesis runs
 derandomized (the same examples every run, so CI never flakes) with no example database (nothing is written to
-the working tree), a deadline per example and few examples, so the file takes seconds on two cores.
+the working tree) and few, bounded examples (at most ``FUZZ_MAX_PIXELS`` pixels decoded, short turns parsed),
+so the file takes seconds on two cores. No deadline: how long an example takes depends on the machine, not the code.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import typing
-from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -38,7 +38,7 @@ def fuzz_settings(max_examples: int) -> settings:
         max_examples=max_examples,
         derandomize=True,
         database=None,
-        deadline=timedelta(seconds=3),
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         print_blob=False,
     )

@@ -8,6 +8,7 @@ from PIL import Image
 
 from tests.support.chat_server import ChatServer, Reply, decode_data_url, image_urls
 from tests.support.forcing import ANSWER_TURN, TOOL_TURN
+from tests.support.ports import refused_url
 from visionthink import protocol
 from visionthink.backends import BackendError, OpenAIBackend
 from visionthink.engine import Engine, GenerationSettings, TextDelta
@@ -81,7 +82,5 @@ def test_server_errors_become_backend_errors(picture):
 
 
 def test_unreachable_server_is_a_clear_error():
-    with ChatServer([]) as server:
-        url = server.base_url
     with pytest.raises(BackendError, match="Could not list the models"):
-        OpenAIBackend(url, max_retries=0, timeout_s=2)
+        OpenAIBackend(refused_url("/v1"), max_retries=0, timeout_s=2)
