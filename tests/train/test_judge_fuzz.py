@@ -5,7 +5,6 @@ so CI never sees a new example."""
 from __future__ import annotations
 
 import re
-import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,7 +26,7 @@ OPEN, CLOSE = open_marker(NONCE), close_marker(NONCE)
 
 FUZZ = settings(
     max_examples=100,
-    deadline=2000,  # ms per example: generous, but a pathological (super-linear) reply would blow it
+    deadline=None,  # no wall-clock limit: how parsing time grows with a reply is bench/judge_parse_bench.py's
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -169,8 +168,9 @@ def test_strip_echo_leaves_no_marker_of_the_nonce(reply, prediction):
     assert NONCE not in strip_echo(reply, NONCE, prediction)
 
 
-def test_pathological_replies_parse_in_linear_time():
-    """Many unclosed markers once took a regex scan each to the end of the reply (quadratic: 17 s for 288 kB)."""
+def test_pathological_replies_parse():
+    """Many unclosed markers once took a regex scan each to the end of the reply (quadratic: 17 s for 288 kB); that
+    they now parse in linear time is measured by bench/judge_parse_bench.py, on these replies."""
     replies = [
         (OPEN + " x ") * 20_000 + "Score: 1",
         (CLOSE + " Score: 1 ") * 20_000,
@@ -180,6 +180,4 @@ def test_pathological_replies_parse_in_linear_time():
         "Score:" + " " * 100_000 + "1",
     ]
     for reply in replies:
-        started = time.perf_counter()
         assert parse_verdict(reply, NONCE, "Score: 1 x") in (0, 1, None)
-        assert time.perf_counter() - started < 1.0, reply[:40]

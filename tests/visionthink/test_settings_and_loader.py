@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.chat_server import ChatServer
+from tests.support.ports import refused_url
 from visionthink.loader import ModelLoadError, load_engine
 from visionthink.settings import ENV_NAMES, Settings, SettingsError
 
@@ -61,8 +62,9 @@ def test_local_folder_loads_without_fallback(tiny_model_dir):
     assert messages[-1] == f"Ready: {tiny_model_dir}."
 
 
-def test_unavailable_model_falls_back_to_the_embedded_miniature_and_says_so(monkeypatch):
+def test_unavailable_model_falls_back_to_the_embedded_miniature_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))  # a machine with it cached too
     messages: list[str] = []
     settings = Settings(model="Senqiao/VisionThink-Efficient", device="cpu", fallback_max_new_tokens=32)
     engine = load_engine(settings, messages.append)
@@ -92,7 +94,5 @@ def test_openai_backend_asks_the_server_for_its_model():
 
 
 def test_unreachable_server_is_a_load_error():
-    with ChatServer([]) as server:
-        url = server.base_url
     with pytest.raises(ModelLoadError, match="Could not list the models served at"):
-        load_engine(Settings(backend="openai", base_url=url, model="auto", request_timeout_s=2))
+        load_engine(Settings(backend="openai", base_url=refused_url("/v1"), model="auto", request_timeout_s=2))
