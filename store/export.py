@@ -1,49 +1,49 @@
 """Exports of consented, rated answers: GRPO rows in VisionThink's on-disk schema, KTO and DPO preference rows, and
 a JSONL dump for audit, each a folder with a dataset card (``python -m store.export --format … --out DIR``).
 
-``DIR`` is a symlink to a version folder named by the hash of its content, kept beside it in ``.DIR.versions/``. A
-new version is built in a temporary folder there and the link is swapped atomically, so a stopped export leaves the
-previous one in place, and the same data always gives the same bytes.
+``DIR`` is a symlink to a version folder named by the hash of its content (``store.publish``): a new version is built
+aside and the link is swapped atomically, so a stopped export leaves the previous one in place, and the same data
+always gives the same bytes.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
 import sys
-import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime
+from itertools import chain
 from pathlib import Path
+from typing import Literal, get_args
 
 import datasets
-from datasets.arrow_writer import ArrowWriter
+from datasets.exceptions import DatasetGenerationError
+from huggingface_hub import DatasetCardData
 from PIL import Image as PILImage
 
 from store import consensus as consensus_rule
 from store.api import Actor, ConsensusItem, RatingView, Store, encode_png, question_key, require
 from store.consensus import Vote, latest_per_rater, normalise
 from store.db import StoreError
+from store.publish import Draft, ExportError, check_out, new_version, resolve
 from visionthink import protocol
+from visionthink.args import EXIT_BAD_INPUT, CommandParser, fail
+from visionthink.clock import as_utc, parse_day
 from visionthink.engine import TurnRecord
 from visionthink.engine import replay as replay_episode
 from visionthink.images import downsample, full_resolution
 from visionthink.rows import FEATURES as GRPO_FEATURES
+from visionthink.rows import MESSAGES, make_row
 
-FORMATS = ("grpo", "kto", "dpo", "jsonl")
+Format = Literal["grpo", "kto", "dpo", "jsonl"]
+FORMATS: tuple[str, ...] = get_args(Format)
 DATA_SOURCE = "visionthink_studio"
-#: Test hook, read only here: seconds to sleep after each stored answer, so a test can stop an export midway.
-TEST_DELAY_ENV = "VISIONTHINK_EXPORT_TEST_DELAY_S"
 
 #: Why a stored answer is left out of an export (counted per stored answer, "ask"). The first two leave an answer out
 #: before it is looked at; every other answer is "considered", and each considered one is behind a row or left out
@@ -64,20 +64,14 @@ SKIP_REASONS = {
 }
 
 _IMAGES = datasets.List(datasets.Image())
-_MESSAGES = datasets.List({
-    "role": datasets.Value("string"),
-    "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")}),
-})
 _REPLY = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
-KTO_FEATURES = datasets.Features({"prompt": _MESSAGES, "completion": _REPLY, "label": datasets.Value("bool"),
+KTO_FEATURES = datasets.Features({"prompt": MESSAGES, "completion": _REPLY, "label": datasets.Value("bool"),
                                   "images": _IMAGES})
-DPO_FEATURES = datasets.Features({"prompt": _MESSAGES, "chosen": _REPLY, "rejected": _REPLY, "images": _IMAGES})
+DPO_FEATURES = datasets.Features({"prompt": MESSAGES, "chosen": _REPLY, "rejected": _REPLY, "images": _IMAGES})
+#: The card's metadata for the Hub: the rows its dataset viewer and ``load_dataset`` read (every format but jsonl).
+CARD_METADATA = DatasetCardData(configs=[{"config_name": "default", "data_files": "data.parquet"}])
 
 Progress = Callable[[int, int], None]
-
-
-class ExportError(StoreError):
-    """An export that cannot be made as asked; the message says why and what to do."""
 
 
 class EmptyExportRefused(ExportError):
@@ -125,29 +119,13 @@ def export(store: Store, actor: Actor, fmt: str, out: Path, *, since: datetime |
     require(actor, "admin", to="export data")
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    out = Path(os.path.abspath(os.path.expanduser(out)))
-    check_out(out)
-    since = _utc(since)
-    versions = out.parent / f".{out.name}.versions"
-    with _exclusive(versions, out):
-        check_out(out)
-        partial = versions / f".partial-{uuid.uuid4().hex}"  # the new version, and scratch files beside it
-        build = partial / "version"
-        build.mkdir(parents=True)
-        try:
-            counts = _build(store, actor, fmt, build, since, progress)
-            current = current_rows(out)
-            if counts.rows == 0 and current and not replace_with_empty:
-                raise EmptyExportRefused(out, counts, current)
-            _fsync_tree(build)
-            version = versions / _tree_digest(build)[:16]
-            if not version.exists():  # else the same content was exported before
-                os.rename(build, version)
-                _fsync(versions)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        previous = _point(out, version)
-        _prune(versions, keep={version.name, previous})
+    out = resolve(out)
+    with new_version(out) as draft:
+        counts = _build(store, actor, fmt, draft, as_utc(since), progress)
+        current = current_rows(out)
+        if counts.rows == 0 and current and not replace_with_empty:
+            raise EmptyExportRefused(out, counts, current)
+        version = draft.publish()
     files = sorted(p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file())
     return ExportResult(path=out, version=version, format=fmt, rows=counts.rows, skipped=counts.skipped, files=files,
                         counts=counts)
@@ -163,35 +141,15 @@ def current_rows(out: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def check_out(out: Path) -> None:
-    """Refuse an ``--out`` that exists and is not a link made by an earlier export."""
-    out = Path(os.path.abspath(os.path.expanduser(out)))
-    if out.is_symlink():
-        target = Path(os.readlink(out))
-        if target.parent != Path(f".{out.name}.versions"):
-            raise ExportError(f"{out} is a link to {target}, not an export made by this tool; choose another --out.")
-    elif out.exists():
-        raise ExportError(
-            f"{out} already exists and is not an export link; refusing to replace it. Choose a path that does not "
-            "exist yet: the export creates it as a link to a versioned folder beside it."
-        )
-
-
 # --- Building one version --------------------------------------------------------------------------------------
 
 
-def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime | None,
+def _build(store: Store, actor: Actor, fmt: str, draft: Draft, since: datetime | None,
            progress: Progress | None) -> ExportCounts:
     consented = store.count_asks(actor, since=since)
-    builder: _Builder = BUILDERS[fmt](folder, store, actor)
+    builder: _Builder = BUILDERS[fmt](draft, store, actor)
     ticker = _Ticker(progress, consented * (2 if builder.two_passes else 1))
-    delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
-    for item in store.consensus_items(actor, since=since):
-        builder.add(item)
-        ticker.step()
-        if delay:
-            time.sleep(delay)
-    rows = builder.finish(ticker)
+    rows = builder.write(ticker.each(store.consensus_items(actor, since=since)), ticker)
     skipped = Counter(builder.skipped)
     asked_since = store.count_asks(actor, consented_only=False, since=since)
     if asked_since > consented:
@@ -203,7 +161,7 @@ def _build(store: Store, actor: Actor, fmt: str, folder: Path, since: datetime |
     counts = ExportCounts(format=fmt, rows=rows, answers=builder.facts.asks, considered=consented,
                           skipped=dict(sorted(skipped.items())))
     card = _card(builder, counts, since, store.ratings_per_item)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    (draft.folder / "README.md").write_text(card, encoding="utf-8")
     return counts
 
 
@@ -217,6 +175,12 @@ class _Ticker:
     def expect(self, more: int) -> None:
         self.total = self.done + more
         self._report()
+
+    def each(self, items: Iterable[ConsensusItem]) -> Iterator[ConsensusItem]:
+        """``items``, one step as each is done with (when the next one is asked for)."""
+        for item in items:
+            yield item
+            self.step()
 
     def step(self) -> None:
         self.done += 1
@@ -249,27 +213,41 @@ class _Facts:
 
 
 class _Builder:
-    """Turns consensus items into one format's files in ``folder``."""
+    """Turns consensus items into one format's files in the draft's folder; by default the dataset (of ``features``)
+    of the rows that ``rows`` yields."""
 
     two_passes = False
     title = ""
     summary = ""
     columns: dict[str, str] = {}
     loading = ""
+    features = datasets.Features()
 
-    def __init__(self, folder: Path, store: Store, actor: Actor) -> None:
-        self.folder, self.store, self.actor = folder, store, actor
+    def __init__(self, draft: Draft, store: Store, actor: Actor) -> None:
+        self.draft, self.store, self.actor = draft, store, actor
         self.skipped: Counter = Counter()
         self.facts = _Facts()
 
-    def add(self, item: ConsensusItem) -> None:
-        raise NotImplementedError
+    def write(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> int:
+        """Write the files; returns the number of rows."""
+        return _save_rows(self.draft, self.features, self.rows(items, ticker))
 
-    def finish(self, ticker: _Ticker) -> int:
+    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
         raise NotImplementedError
 
     def card_details(self) -> str:
         return ""
+
+    def _with_episode(self, item: ConsensusItem, **columns: object) -> dict | None:
+        """A preference row: ``columns`` with the prompt and images of the episode up to the model's final turn;
+        None (skipped) when the stored turns cannot be replayed."""
+        episode = replay(item)
+        if episode is None:
+            self.skipped["unreplayable"] += 1
+            return None
+        prompt, images = episode
+        self.facts.add(item)
+        return {"prompt": prompt, **columns, "images": [{"bytes": png, "path": None} for png in images]}
 
 
 _HF_LOADING = """```python
@@ -301,9 +279,10 @@ class _GrpoBuilder(_Builder):
         "doc_id": "the image's sha256 (16 hex digits), `-`, the normalised question's sha256 (16 hex digits)",
     }
     loading = _HF_LOADING
+    features = GRPO_FEATURES
 
-    def __init__(self, folder: Path, store: Store, actor: Actor) -> None:
-        super().__init__(folder, store, actor)
+    def __init__(self, draft: Draft, store: Store, actor: Actor) -> None:
+        super().__init__(draft, store, actor)
         self.pairs: dict[tuple[str, str], list[tuple[ConsensusItem, str]]] = defaultdict(list)
 
     def add(self, item: ConsensusItem) -> None:
@@ -330,30 +309,21 @@ class _GrpoBuilder(_Builder):
             "question and reference spelling. `needs_high_res` is the label every labelled answer agrees on."
         )
 
-    def finish(self, ticker: _Ticker) -> int:
+    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+        for item in items:  # the first pass: group the answers by image and question
+            self.add(item)
         ticker.expect(len(self.pairs))
-        rows = _ArrowRows(self.folder, GRPO_FEATURES)
-        for (sha, key), answers in sorted(self.pairs.items(), key=lambda kv: _doc_id(*kv[0])):
+        for (sha, key), answers in ticker.each(sorted(self.pairs.items(), key=lambda kv: _doc_id(*kv[0]))):
             if len({_core(reference) for _, reference in answers}) > 1:
                 self.skipped["references_disagree"] += len(answers)
-                ticker.step()
                 continue
             labels = {item.consensus.needs_high_res for item, _ in answers} - {None}
             first, reference = answers[0]  # the oldest answer's spelling
-            png = self.store.image_png(self.actor, sha)
-            rows.write({
-                "problem": protocol.problem_text(first.ask.question),
-                "images": [{"bytes": png, "path": None}],
-                "original_answer": reference,
-                "solution": protocol.last_boxed(reference) or reference,
-                "needs_high_res": labels.pop() if len(labels) == 1 else None,
-                "data_source": DATA_SOURCE,
-                "doc_id": _doc_id(sha, key),
-            })
             for item, _ in answers:
                 self.facts.add(item)
-            ticker.step()
-        return rows.save()
+            yield make_row(first.ask.question, {"bytes": self.store.image_png(self.actor, sha), "path": None},
+                           reference, needs_high_res=labels.pop() if len(labels) == 1 else None,
+                           data_source=DATA_SOURCE, doc_id=_doc_id(sha, key))
 
 
 _PROMPT_COLUMN = (
@@ -381,30 +351,23 @@ class _KtoBuilder(_Builder):
         "images": _IMAGES_COLUMN,
     }
     loading = _HF_LOADING
+    features = KTO_FEATURES
 
-    def __init__(self, folder: Path, store: Store, actor: Actor) -> None:
-        super().__init__(folder, store, actor)
-        self.rows = _ArrowRows(folder, KTO_FEATURES)
+    def __init__(self, draft: Draft, store: Store, actor: Actor) -> None:
+        super().__init__(draft, store, actor)
         self.sources: Counter = Counter()
 
-    def add(self, item: ConsensusItem) -> None:
-        label, source = self._label(item)
-        if label is None:
-            self.skipped[source] += 1
-            return
-        episode = replay(item)
-        if episode is None:
-            self.skipped["unreplayable"] += 1
-            return
-        prompt, images = episode
-        self.rows.write({
-            "prompt": prompt,
-            "completion": [{"role": "assistant", "content": item.ask.turns[-1]["text"]}],
-            "label": label,
-            "images": [{"bytes": png, "path": None} for png in images],
-        })
-        self.sources[source] += 1
-        self.facts.add(item)
+    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+        for item in items:
+            label, source = self._label(item)
+            if label is None:
+                self.skipped[source] += 1
+                continue
+            row = self._with_episode(item, completion=[{"role": "assistant", "content": item.ask.turns[-1]["text"]}],
+                                     label=label)
+            if row is not None:
+                self.sources[source] += 1
+                yield row
 
     @staticmethod
     def _label(item: ConsensusItem) -> tuple[bool | None, str]:
@@ -417,9 +380,6 @@ class _KtoBuilder(_Builder):
         if thumbs["correct"] != thumbs["incorrect"]:
             return thumbs["correct"] > thumbs["incorrect"], "thumbs"
         return None, "no_label"
-
-    def finish(self, ticker: _Ticker) -> int:
-        return self.rows.save()
 
     def card_details(self) -> str:
         return (f"Labels from the consensus verdict: {self.sources['consensus']}; from thumbs: "
@@ -443,33 +403,23 @@ class _DpoBuilder(_Builder):
         "images": _IMAGES_COLUMN,
     }
     loading = _HF_LOADING
+    features = DPO_FEATURES
 
-    def __init__(self, folder: Path, store: Store, actor: Actor) -> None:
-        super().__init__(folder, store, actor)
-        self.rows = _ArrowRows(folder, DPO_FEATURES)
-
-    def add(self, item: ConsensusItem) -> None:
-        reason = self._skip_reason(item)
-        if reason is not None:
-            self.skipped[reason] += 1
-            return
-        final = item.ask.turns[-1]
-        chosen = protocol.answer_turn_text(final["think"], self._corrected(item))
-        if protocol.parse_turn(chosen).kind != "answer":
-            self.skipped["reference_breaks_format"] += 1
-            return
-        episode = replay(item)
-        if episode is None:
-            self.skipped["unreplayable"] += 1
-            return
-        prompt, images = episode
-        self.rows.write({
-            "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": final["text"]}],
-            "images": [{"bytes": png, "path": None} for png in images],
-        })
-        self.facts.add(item)
+    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+        for item in items:
+            reason = self._skip_reason(item)
+            if reason is not None:
+                self.skipped[reason] += 1
+                continue
+            final = item.ask.turns[-1]
+            chosen = protocol.answer_turn_text(final["think"], self._corrected(item))
+            if protocol.parse_turn(chosen).kind != "answer":
+                self.skipped["reference_breaks_format"] += 1
+                continue
+            row = self._with_episode(item, chosen=[{"role": "assistant", "content": chosen}],
+                                     rejected=[{"role": "assistant", "content": final["text"]}])
+            if row is not None:
+                yield row
 
     @staticmethod
     def _skip_reason(item: ConsensusItem) -> str | None:
@@ -494,9 +444,6 @@ class _DpoBuilder(_Builder):
         if protocol.last_boxed(item.ask.answer or "") is not None and protocol.last_boxed(reference) is None:
             return f"\\boxed{{{reference}}}"
         return reference
-
-    def finish(self, ticker: _Ticker) -> int:
-        return self.rows.save()
 
     def card_details(self) -> str:
         return _CHAT_TEMPLATE_NOTE
@@ -536,18 +483,25 @@ items = [json.loads(line) for line in (folder / "items.jsonl").open(encoding="ut
 png = (folder / items[0]["image"]["file"]).read_bytes()
 ```"""
 
-    def __init__(self, folder: Path, store: Store, actor: Actor) -> None:
-        super().__init__(folder, store, actor)
-        (folder / "images").mkdir()
-        self.lines = (folder / "items.jsonl").open("w", encoding="utf-8", newline="\n")
+    def __init__(self, draft: Draft, store: Store, actor: Actor) -> None:
+        super().__init__(draft, store, actor)
         self.images: set[str] = set()
         self.ratings = 0
 
-    def add(self, item: ConsensusItem) -> None:
+    def write(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> int:
+        folder = self.draft.folder
+        (folder / "images").mkdir()
+        with (folder / "items.jsonl").open("w", encoding="utf-8", newline="\n") as lines:
+            for item in items:
+                lines.write(json.dumps(self._record(item), ensure_ascii=False, sort_keys=True) + "\n")
+        return self.facts.asks
+
+    def _record(self, item: ConsensusItem) -> dict:
+        """One stored answer with its ratings; its image is written beside the first time it is named."""
         ask = item.ask
         image = f"images/{ask.image_sha256}.png"
         if ask.image_sha256 not in self.images:
-            (self.folder / image).write_bytes(item.image_png)
+            (self.draft.folder / image).write_bytes(item.image_png)
             self.images.add(ask.image_sha256)
         record = {
             "id": ask.id,
@@ -566,13 +520,9 @@ png = (folder / items[0]["image"]["file"]).read_bytes()
             "ratings": [_rating_json(r) for r in item.votes],
             "consensus": {**asdict(item.consensus), "complete": item.consensus.complete},
         }
-        self.lines.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
         self.ratings += len(item.votes)
         self.facts.add(item)
-
-    def finish(self, ticker: _Ticker) -> int:
-        self.lines.close()
-        return self.facts.asks
+        return record
 
     def card_details(self) -> str:
         return f"Ratings: {self.ratings}. Images: {len(self.images)}."
@@ -601,47 +551,42 @@ def replay(item: ConsensusItem) -> tuple[list[dict], list[bytes]] | None:
     full = full_resolution(original)
     seen = [full if ask.mode == "high" else downsample(original)] + [full] * (conversation.image_count - 1)
     images = [item.image_png if image is original else encode_png(image) for image in seen]
-    messages = [{"role": m.role, "content": [_content_part(part) for part in m.parts if part != ""]}
-                for m in conversation.messages]
-    return messages, images
+    return conversation.to_trl(), images
 
 
-def _content_part(part: protocol.Part) -> dict:
-    """A message part in TRL's structured form; images are placeholders filled from the ``images`` column."""
-    if isinstance(part, protocol.Image):
-        return {"type": "image", "text": None}
-    return {"type": "text", "text": part}
+def _save_rows(draft: Draft, features: datasets.Features, rows: Iterable[dict]) -> int:
+    """Save ``rows`` in the draft's folder in the ``load_from_disk`` layout and as ``data.parquet``; returns how many.
 
-
-class _ArrowRows:
-    """Rows streamed to a scratch Arrow file, then saved in the ``load_from_disk`` layout and as ``data.parquet``.
-
-    The dataset's fingerprint (in ``state.json``) is the hash of the rows, so the files depend only on the data.
+    ``Dataset.from_generator`` streams them to an Arrow cache in the draft's scratch folder. The dataset's
+    fingerprint (in ``state.json``) is the hash of the rows, and its info only their features, so the files depend
+    only on the data.
     """
+    digest, count = hashlib.sha256(), 0
 
-    def __init__(self, folder: Path, features: datasets.Features) -> None:
-        self.folder, self.features = folder, features
-        self.scratch = folder.parent / f"{folder.name}.rows.arrow"  # save_to_disk must not read from its target
-        self.writer = ArrowWriter(features=features, path=str(self.scratch))
-        self.digest = hashlib.sha256()
-        self.count = 0
+    def hashed() -> Iterator[dict]:
+        nonlocal count
+        for row in rows:
+            digest.update(json.dumps(row, sort_keys=True, default=_bytes_digest).encode("utf-8"))
+            count += 1
+            yield row
 
-    def write(self, row: dict) -> None:
-        self.writer.write(self.features.encode_example(row))
-        self.digest.update(json.dumps(row, sort_keys=True, default=_bytes_digest).encode("utf-8"))
-        self.count += 1
-
-    def save(self) -> int:
-        self.writer.finalize()
-        self.writer.close()
-        scratch = datasets.Dataset.from_file(str(self.scratch))
-        dataset = datasets.Dataset(scratch.data, info=scratch.info, fingerprint=self.digest.hexdigest()[:16])
-        with _quiet_datasets():
-            dataset.save_to_disk(str(self.folder), num_shards=None if self.count else 1)
-            dataset.to_parquet(str(self.folder / "data.parquet"))
-        del dataset, scratch
-        self.scratch.unlink()
-        return self.count
+    stream = hashed()
+    first = next(stream, None)
+    with _quiet_datasets():
+        if first is None:  # from_generator refuses a generator that yields nothing
+            table = datasets.Dataset.from_dict(dict.fromkeys(features, []), features=features).data
+        else:
+            try:
+                # A fixed fingerprint: the cache is new, and the library need not hash the generator to name it.
+                table = datasets.Dataset.from_generator(lambda: chain([first], stream), features=features,
+                                                        cache_dir=str(draft.scratch / "cache"), fingerprint="rows").data
+            except DatasetGenerationError as exc:  # it wraps what the rows raised (a store error, a stopped export)
+                raise exc.__cause__ or exc from None
+        dataset = datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
+                                   fingerprint=digest.hexdigest()[:16])
+        dataset.save_to_disk(str(draft.folder), num_shards=None if count else 1)
+        dataset.to_parquet(str(draft.folder / "data.parquet"))
+    return count
 
 
 def _bytes_digest(value: object) -> str:
@@ -686,7 +631,7 @@ def _rating_json(rating: RatingView) -> dict:
 
 def _card(builder: _Builder, counts: ExportCounts, since: datetime | None, ratings_per_item: int) -> str:
     facts, fmt, skipped = builder.facts, counts.format, counts.skipped
-    front = "" if fmt == "jsonl" else "---\nconfigs:\n- config_name: default\n  data_files: data.parquet\n---\n\n"
+    front = "" if fmt == "jsonl" else f"---\n{CARD_METADATA.to_yaml()}\n---\n\n"
     lines = [
         f"# VisionThink Studio export: {builder.title}",
         "",
@@ -756,97 +701,21 @@ def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else "-"
 
 
-# --- Files: versions, the link, durability ---------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _exclusive(versions: Path, out: Path) -> Iterator[None]:
-    """One export at a time per ``--out``; a second one is refused rather than queued."""
-    versions.mkdir(parents=True, exist_ok=True)
-    with open(versions / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ExportError(f"Another export to {out} is running; wait for it to finish.") from None
-        yield
-
-
-def _point(out: Path, version: Path) -> str | None:
-    """Swap the link ``out`` to ``version`` atomically; returns the name of the version it pointed to before."""
-    previous = os.readlink(out) if out.is_symlink() else None
-    link = out.parent / f".{out.name}.link-new"
-    with contextlib.suppress(FileNotFoundError):
-        link.unlink()
-    os.symlink(os.path.join(version.parent.name, version.name), link)
-    os.replace(link, out)
-    _fsync(out.parent)
-    return Path(previous).name if previous else None
-
-
-def _prune(versions: Path, keep: set[str | None]) -> None:
-    """Remove older versions and what stopped exports left behind, keeping the current and the previous one."""
-    for entry in versions.iterdir():
-        if entry.name in keep or entry.name == ".lock":
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
-def _tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix()):
-        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
-        with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    for directory in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
-        _fsync(directory)
-
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """The store keeps UTC; a naive ``since`` is taken as UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 # --- Command line ----------------------------------------------------------------------------------------------
 
 
-class _UsageError(Exception):
-    pass
+@dataclass
+class ExportArguments:
+    """``python -m store.export``'s arguments."""
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        raise _UsageError(message)
-
-
-def _since(text: str) -> datetime:
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            raise ValueError
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date as YYYY-MM-DD, not {text!r}") from None
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    format: Format = field(metadata={"help": "what to write: grpo, kto or dpo rows for training, jsonl for audit"})
+    out: Path = field(metadata={"help": "the export's path: a link to a versioned folder beside it, swapped "
+                                        "atomically"})
+    since: str | None = field(default=None, metadata={"help": "only answers asked on or after this day (UTC), "
+                                                               "YYYY-MM-DD"})
+    db: str | None = field(default=None, metadata={"help": "database URL; VISIONTHINK_DB_URL when not given"})
+    replace_with_empty: bool = field(default=False, metadata={
+        "help": "let an export with no rows replace a current export that has rows (refused otherwise)"})
 
 
 def _check_db(url: str) -> None:
@@ -869,24 +738,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from visionthink.settings import Settings, SettingsError
 
-    parser = _Parser(prog="python -m store.export",
-                     description="Export consented, rated answers for training (grpo, kto, dpo) or audit (jsonl).")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="the export's path: a link to a versioned folder beside it, swapped atomically")
-    parser.add_argument("--since", type=_since, help="only answers asked on or after this day (UTC), YYYY-MM-DD")
-    parser.add_argument("--db", help="database URL (default: VISIONTHINK_DB_URL)")
-    parser.add_argument("--replace-with-empty", action="store_true",
-                        help="let an export with no rows replace a current export that has rows (refused otherwise)")
+    parser = CommandParser(ExportArguments, prog="python -m store.export",
+                           description="Export consented, rated answers for training (grpo, kto, dpo) or audit "
+                                       "(jsonl).")
     try:
-        args = parser.parse_args(argv)
+        (args,) = parser.parse(argv)
+        since = _since(parser, args.since)
+    except SystemExit as stop:  # --help, or a bad argument (its one line is printed)
+        return int(stop.code or 0)
+    try:
         settings = Settings.from_env()
         db_url = args.db or settings.db_url
         _check_db(db_url)
         check_out(args.out)
-    except (_UsageError, SettingsError, ExportError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    except (SettingsError, ExportError) as exc:
+        return fail(parser.prog, str(exc), EXIT_BAD_INPUT)
 
     store = None
     try:
@@ -897,14 +763,12 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(done - bar.n)
 
             store = Store(db_url, ratings_per_item=settings.ratings_per_item)
-            result = export(store, Actor.system(), args.format, args.out, since=args.since, progress=progress,
+            result = export(store, Actor.system(), args.format, args.out, since=since, progress=progress,
                             replace_with_empty=args.replace_with_empty)
     except EmptyExportRefused as exc:
-        print(f"{parser.prog}: error: {exc} Left out: {_left_out(exc.counts.skipped)}.", file=sys.stderr)
-        return 1
+        return fail(parser.prog, f"{exc} Left out: {_left_out(exc.counts.skipped)}.", 1)
     except StoreError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(parser.prog, str(exc), 1)
     except KeyboardInterrupt:
         print(f"{parser.prog}: stopped; the previous export at {args.out} (if any) is unchanged.", file=sys.stderr)
         return 130
@@ -914,6 +778,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {result.rows} {args.format} rows to {result.path} -> {result.version.name} "
           f"(left out: {_left_out(result.skipped)}).")
     return 0
+
+
+def _since(parser: CommandParser, text: str | None) -> datetime | None:
+    """``--since`` as the start of its day in UTC; a bad day is an argument error like any other."""
+    try:
+        return None if text is None else parse_day(text)
+    except ValueError as exc:
+        parser.error(f"argument --since: {exc}")
 
 
 def _left_out(skipped: dict[str, int]) -> str:

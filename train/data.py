@@ -1,7 +1,6 @@
 """Training rows from a store export (``grpo`` format) or any dataset in VisionThink's schema.
 
-A source row has ``problem`` (the question, with ``<image>``), ``images`` (one image, the original), a reference in
-``original_answer`` and/or ``solution``, and optionally ``needs_high_res``, ``info``, ``data_source``, ``doc_id``.
+Source rows are read by ``visionthink.rows`` (which rows are usable, and why others are skipped, is decided there).
 A training row has:
 
 - ``prompt``: the system and user messages, built by ``visionthink.protocol`` (an image placeholder where
@@ -37,12 +36,12 @@ import datasets
 from train.environment import as_image
 from visionthink import protocol
 from visionthink.images import ImageError, downsample, full_resolution, released_views, visual_tokens
+from visionthink.rows import MESSAGES, RELEASED_COLUMN, DataError, Row, Skipped, load_source, read_row
 
 log = logging.getLogger(__name__)
 
 FEATURES = datasets.Features({
-    "prompt": [{"role": datasets.Value("string"),
-                "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
+    "prompt": MESSAGES,
     "images": datasets.Sequence(datasets.Image()),
     "full_image": datasets.Image(),
     "problem": datasets.Value("string"),
@@ -52,51 +51,13 @@ FEATURES = datasets.Features({
     "data_source": datasets.Value("string"),
     "kind": datasets.Value("string"),
 })
-#: The column that marks VisionThink's released data, whose images follow the released training (module docstring).
-RELEASED_SIGNAL = "info"
 #: The low view's size, kept beside the rows only while they are prepared (the prompt-length filter reads it).
 _LOW_SIZE = {"_low_width": datasets.Value("int32"), "_low_height": datasets.Value("int32")}
 
 
-class DataError(ValueError):
-    """A training source that cannot be used; the message says what is wrong."""
-
-
 def prompt_messages(question: str) -> list[dict]:
     """The conversation before the model's first turn, in TRL's structured form (``{"type": "image"}`` slots)."""
-    conversation = protocol.Conversation.start(question)
-    return [
-        {"role": m.role,
-         "content": [{"type": "image", "text": None} if isinstance(p, protocol.Image) else {"type": "text", "text": p}
-                     for p in m.parts if p != ""]}
-        for m in conversation.messages
-    ]
-
-
-def load_source(source: str | Path, split: str = "train") -> datasets.Dataset:
-    """A folder saved with ``save_to_disk`` (a store export), a parquet file or folder, or a Hub dataset id."""
-    path = Path(source).expanduser()
-    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_info.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob("*.parquet"))
-        return datasets.load_dataset("parquet", data_files=files, split="train")
-    if path.exists():
-        raise DataError(f"{path} is neither a saved dataset (save_to_disk) nor parquet.")
-    name = str(source)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise DataError(f"{source} does not exist (and is not a Hub dataset id like Senqiao/VisionThink-Smart-Train).")
-    try:
-        return datasets.load_dataset(name, split=split)
-    except Exception as exc:  # the Hub unreachable, offline mode, no such dataset or split
-        raise DataError(f"Could not load the Hub dataset {name} (split {split}): {exc}") from exc
-
-
-def follows_released_rule(row: Mapping) -> bool:
-    """Whether a source row's images follow the released training's rule: it carries an ``info`` field (null or
-    not), which only VisionThink's released data has (module docstring)."""
-    return RELEASED_SIGNAL in row
+    return protocol.Conversation.start(question).to_trl()
 
 
 def target_size(info: Mapping | None) -> tuple[int, int] | None:
@@ -114,40 +75,33 @@ def target_size(info: Mapping | None) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def training_views(original, row: Mapping) -> tuple:
+def training_views(original, row: Row) -> tuple:
     """(low, high) views of a row's image by the rule that applies to it (module docstring)."""
-    if follows_released_rule(row):
-        return released_views(original, target_size(row[RELEASED_SIGNAL]))
+    if row.released:
+        return released_views(original, target_size(row.info))
     return downsample(original), full_resolution(original)
 
 
-def to_training_row(row: dict) -> dict | None:
-    """One source row as a training row; None (skipped) when its image or reference cannot be used."""
-    images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
-    if len(images) != 1:
-        log.warning("Skipping %s: VisionThink rows hold exactly one image, this has %d.", row.get("doc_id"), len(images))
-        return None
-    reference = row.get("original_answer") or row.get("solution")
-    if reference is None or not str(reference).strip():
-        log.warning("Skipping %s: no reference answer.", row.get("doc_id"))
-        return None
+def to_training_row(record: Mapping) -> dict | None:
+    """One source row as a training row; None (skipped, with a warning) when it or its image cannot be used."""
     try:
-        original = as_image(images[0]).convert("RGB")
+        row = read_row(record)
+        original = as_image(row.image).convert("RGB")
         low, full = training_views(original, row)
-    except (ImageError, TypeError, ValueError, OSError) as exc:
-        log.warning("Skipping %s: %s", row.get("doc_id"), exc)
+    except (Skipped, ImageError, TypeError, ValueError, OSError) as exc:
+        log.warning("Skipping %s: %s", record.get("doc_id"), exc)
         return None
-    problem = protocol.problem_text(str(row["problem"]))
+    problem = protocol.problem_text(row.problem)
     return {
         "prompt": prompt_messages(problem),
         "images": [low],
         "full_image": full,
         "problem": problem,
-        "original_answer": str(reference),
-        "solution": str(row.get("solution") or reference),
-        "needs_high_res": row.get("needs_high_res"),
-        "data_source": str(row.get("data_source") or "unknown"),
-        "kind": str(row.get("kind") or ""),
+        "original_answer": row.reference,
+        "solution": row.solution or row.reference,
+        "needs_high_res": row.needs_high_res,
+        "data_source": row.data_source or "unknown",
+        "kind": row.kind or "",
     }
 
 
@@ -177,19 +131,16 @@ def training_dataset(source: str | Path, split: str = "train", *, limit: int | N
     """
     if max_prompt_tokens is not None and processor is None:
         raise DataError("max_prompt_tokens needs the processor that counts the prompt's tokens.")
-    raw = load_source(source, split)
-    if "problem" not in raw.column_names:
-        raise DataError(f"{source} has no 'problem' column; it is not in VisionThink's schema (spec §7).")
-    if limit is not None:
-        raw = raw.select(range(min(limit, len(raw))))
-    released = RELEASED_SIGNAL in raw.column_names
+    raw = load_source(source, split, limit=limit)
+    released = RELEASED_COLUMN in raw.column_names
     log.info("Images of %s follow %s.", source,
              "the released training's rule (it has an 'info' column)" if released
              else "the project's rule (no 'info' column: a store export or rows of this project)")
 
     def convert(batch: dict) -> dict:
-        rows = [to_training_row(dict(zip(batch, values, strict=True))) for values in zip(*batch.values(), strict=True)]
-        kept = [r for r in rows if r is not None]
+        converted = [to_training_row(dict(zip(batch, values, strict=True)))
+                     for values in zip(*batch.values(), strict=True)]
+        kept = [r for r in converted if r is not None]
         columns = {name: [r[name] for r in kept] for name in FEATURES}
         columns["_low_width"] = [r["images"][0].width for r in kept]
         columns["_low_height"] = [r["images"][0].height for r in kept]

@@ -286,6 +286,17 @@ class Conversation:
             messages.append({"role": "user", "content": content})
         return messages
 
+    def to_trl(self) -> list[dict]:
+        """The conversation in TRL's structured form for rows with images: each message's content is a list of
+        ``{"type": "text", "text": …}`` parts and ``{"type": "image", "text": None}`` slots, which TRL fills from
+        the row's ``images`` column in order. Empty text parts are left out."""
+        return [
+            {"role": m.role,
+             "content": [{"type": "image", "text": None} if isinstance(p, Image) else {"type": "text", "text": p}
+                         for p in m.parts if p != ""]}
+            for m in self.messages
+        ]
+
 
 # --- Parsing a model turn --------------------------------------------------------------------------------------
 

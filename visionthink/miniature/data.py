@@ -14,16 +14,8 @@ FEATURES = rows.features(kind=datasets.Value("string"))
 
 
 def row(item: task.Item, doc_id: str) -> dict:
-    return {
-        "problem": item.problem,
-        "images": [item.image],
-        "original_answer": item.answer,
-        "solution": item.answer,
-        "needs_high_res": item.needs_high_res,
-        "data_source": DATA_SOURCE,
-        "doc_id": doc_id,
-        "kind": item.kind,
-    }
+    return rows.make_row(item.question, item.image, item.answer, solution=item.answer,
+                         needs_high_res=item.needs_high_res, data_source=DATA_SOURCE, doc_id=doc_id, kind=item.kind)
 
 
 def split(n: int, seed: int, kinds: tuple[str, ...] = task.KINDS) -> datasets.Dataset:
