@@ -177,13 +177,13 @@ def user_message(question: str) -> str:
 
 
 @dataclass(frozen=True)
-class Image:
+class ImageSlot:
     """An image slot in a message; ``index`` is its position in the list of images sent with the conversation."""
 
     index: int
 
 
-Part = str | Image
+Part = str | ImageSlot
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ class Message:
     @property
     def text(self) -> str:
         """The message as text, with each image as the placeholder the processor expands."""
-        return "".join(IMAGE_PLACEHOLDER if isinstance(p, Image) else p for p in self.parts)
+        return "".join(IMAGE_PLACEHOLDER if isinstance(p, ImageSlot) else p for p in self.parts)
 
 
 @dataclass
@@ -215,13 +215,13 @@ class Conversation:
             question=question,
             messages=[
                 Message("system", (SYSTEM_PROMPT,)),
-                Message("user", (before, Image(0), after)),
+                Message("user", (before, ImageSlot(0), after)),
             ],
         )
 
     @property
     def image_count(self) -> int:
-        return sum(isinstance(p, Image) for m in self.messages for p in m.parts)
+        return sum(isinstance(p, ImageSlot) for m in self.messages for p in m.parts)
 
     def add_model_turn(self, text: str) -> None:
         if self.messages[-1].role == "assistant":
@@ -232,7 +232,7 @@ class Conversation:
         """Hand the model the next image (the full-resolution one); returns its image index."""
         index = self.image_count
         before, after = tool_response_parts()
-        self._add_user((before, Image(index), after))
+        self._add_user((before, ImageSlot(index), after))
         return index
 
     def add_error(self, error: str) -> None:
@@ -279,7 +279,7 @@ class Conversation:
                 continue
             content = []
             for part in message.parts:
-                if isinstance(part, Image):
+                if isinstance(part, ImageSlot):
                     content.append({"type": "image_url", "image_url": {"url": image_urls[part.index]}})
                 elif part:
                     content.append({"type": "text", "text": part})
@@ -292,7 +292,7 @@ class Conversation:
         the row's ``images`` column in order. Empty text parts are left out."""
         return [
             {"role": m.role,
-             "content": [{"type": "image", "text": None} if isinstance(p, Image) else {"type": "text", "text": p}
+             "content": [{"type": "image", "text": None} if isinstance(p, ImageSlot) else {"type": "text", "text": p}
                          for p in m.parts if p != ""]}
             for m in self.messages
         ]

@@ -17,7 +17,7 @@ from visionthink.protocol import (
     TOOL_RESPONSE_TEXT,
     USER_TEMPLATE,
     Conversation,
-    Image,
+    ImageSlot,
     error_turn,
     last_boxed,
     parse_turn,
@@ -295,7 +295,7 @@ def test_image_parts_hold_indices():
     conversation.add_model_turn(TOOL_TURN)
     conversation.add_tool_response()
     images = [p for m in conversation.messages for p in m.parts if isinstance(p, Image)]
-    assert images == [Image(0), Image(1)]
+    assert images == [ImageSlot(0), ImageSlot(1)]
 
 
 # --- parsing ---------------------------------------------------------------------------------------------------

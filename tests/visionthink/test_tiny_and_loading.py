@@ -60,7 +60,7 @@ def chat_messages(conversation: protocol.Conversation, pictures: list[Image.Imag
             continue
         content = []
         for part in message.parts:
-            if isinstance(part, protocol.Image):
+            if isinstance(part, protocol.ImageSlot):
                 content.append({"type": "image", "image": pictures[part.index]} if pictures else {"type": "image"})
             else:
                 content.append({"type": "text", "text": part})
