@@ -294,7 +294,7 @@ def test_image_parts_hold_indices():
     conversation = Conversation.start(QUESTION)
     conversation.add_model_turn(TOOL_TURN)
     conversation.add_tool_response()
-    images = [p for m in conversation.messages for p in m.parts if isinstance(p, Image)]
+    images = [p for m in conversation.messages for p in m.parts if isinstance(p, ImageSlot)]
     assert images == [ImageSlot(0), ImageSlot(1)]
 
 
