@@ -75,12 +75,10 @@ class EvalItems(Sequence[EvalItem]):
     """The usable rows of a dataset as ``EvalItem``s. Images stay in the (memory-mapped) dataset until an item is
     read; ``ids`` are known without reading any image."""
 
-    def __init__(self, dataset, rows: list[tuple[int, str, str, str, str | None, str | None, str | None]],
-                 image_column: str,
-                 *, source: str, split: str, limit: int | None, skipped: Counter) -> None:
+    def __init__(self, dataset, items: list[tuple[int, EvalItem]], *, source: str, split: str, limit: int | None,
+                 skipped: Counter) -> None:
         self._table = dataset.with_format("arrow")
-        self._rows = rows  # (dataset index, id, question, reference, solution, data source, kind)
-        self._image_column = image_column
+        self._items = items  # (the row's position in the dataset, its item without the image)
         self.source = source
         self.split = split
         self.limit = limit
@@ -89,17 +87,19 @@ class EvalItems(Sequence[EvalItem]):
 
     @property
     def ids(self) -> list[str]:
-        return [row[1] for row in self._rows]
+        return [item.id for _, item in self._items]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._items)
 
     def __getitem__(self, index):  # type: ignore[override]
+        from visionthink.rows import read_row
+
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        position, item_id, question, reference, solution, data_source, kind = self._rows[index]
-        value = self._table[position].column(self._image_column).to_pylist()[0]
-        return EvalItem(item_id, _image_source(value), question, reference, solution, data_source, kind)
+        position, item = self._items[index]
+        record = self._table[position].to_pylist()[0]
+        return dataclasses.replace(item, image=_image_source(read_row(record).image))
 
     def describe(self) -> dict:
         return {"source": self.source, "split": self.split, "limit": self.limit, "items": len(self),
@@ -109,11 +109,12 @@ class EvalItems(Sequence[EvalItem]):
 def load_items(source: str | os.PathLike, split: str = "train", limit: int | None = None) -> EvalItems:
     """The items of a store export, a parquet file or folder, or a Hub dataset in VisionThink's schema (spec §7).
 
+    Rows are read by ``visionthink.rows`` (which rows are usable, and why others are skipped, is decided there).
     An item's id is its ``doc_id`` (a repeated ``doc_id`` gets ``#`` and a content hash), else a hash of the
-    problem and the image bytes, so the same data gives the same ids and a stopped run resumes. Rows without
-    exactly one image, a problem or a reference are skipped and counted in ``skipped``.
+    problem and the image bytes, so the same data gives the same ids and a stopped run resumes. Skipped rows, and
+    rows repeating an item (``duplicate``), are counted in ``skipped``.
     """
-    from train.data import load_source
+    from visionthink import rows
 
     text = str(source)
     if limit is not None and limit < 1:
@@ -121,81 +122,44 @@ def load_items(source: str | os.PathLike, split: str = "train", limit: int | Non
     if looks_like_path(text) and not Path(text).expanduser().exists():
         raise EvalError(f"There is no file or folder {text}. Give a saved dataset, a parquet file or a Hub id.")
     try:
-        dataset = load_source(text, split)
-    except Exception as exc:  # datasets raises many types (not found, offline, bad split); one message for people
+        dataset = rows.load_source(text, split, limit=limit)
+    except rows.DataError as exc:
+        raise EvalError(str(exc)) from exc
+    except Exception as exc:  # datasets raises many types (a corrupt folder, a bad file); one message for people
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EvalError(f"Cannot load the data {text!r} (split {split!r}): {detail}") from exc
-    columns = set(dataset.column_names)
-    image_column = "images" if "images" in columns else "image" if "image" in columns else None
-    missing = [name for name, ok in (("problem", "problem" in columns), ("images", image_column is not None),
-                                     ("original_answer or solution", bool({"original_answer", "solution"} & columns)))
-               if not ok]
-    if missing:
-        raise EvalError(f"{text} has no {', '.join(missing)} column; it is not in VisionThink's schema (spec §7).")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
 
-    rows: list[tuple[int, str, str, str, str | None, str | None, str | None]] = []
+    items: list[tuple[int, EvalItem]] = []
     seen: set[str] = set()
     skipped: Counter = Counter()
-    position = 0
-    for batch in dataset.with_format("arrow").iter(batch_size=64):
-        for record in batch.to_pylist():
-            index, position = position, position + 1
-            question = str(record.get("problem") or "").strip()
-            original, solution = _text(record.get("original_answer")), _text(record.get("solution"))
-            image = record.get(image_column)
-            if isinstance(image, list):
-                if len(image) != 1:
-                    skipped["not_one_image"] += 1
-                    continue
-                image = image[0]
-            if image is None:
-                skipped["no_image"] += 1
-                continue
-            if not question:
-                skipped["no_problem"] += 1
-                continue
-            if not (original or solution):
-                skipped["no_reference"] += 1
-                continue
-            doc_id = record.get("doc_id")
-            item_id = str(doc_id) if doc_id is not None and str(doc_id) != "" else _content_id(question, image)
-            if item_id in seen:
-                item_id = f"{item_id}#{_content_id(question, image)}"
-            if item_id in seen:
-                skipped["duplicate"] += 1
-                continue
-            seen.add(item_id)
-            data_source = record.get("data_source")
-            rows.append((index, item_id, question, original or solution, solution,
-                         str(data_source) if data_source is not None else None, _kind(record)))
+    for row in rows.read_rows(dataset, skipped):
+        question = row.problem.strip()
+        item_id = row.doc_id or _content_id(question, row.image)
+        if item_id in seen:
+            item_id = f"{item_id}#{_content_id(question, row.image)}"
+        if item_id in seen:
+            skipped["duplicate"] += 1
+            continue
+        seen.add(item_id)
+        kind = row.kind or row.category  # the reader's text is never blank, but may be padded
+        items.append((row.index, EvalItem(
+            item_id, None, question, row.reference.strip(), row.solution.strip() if row.solution else None,
+            row.data_source, kind.strip() if kind else NEEDS_HIGH_RES_GROUPS.get(row.needs_high_res))))
     if skipped:
         log.warning("Skipped %d rows of %s: %s.", sum(skipped.values()), text,
                     ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.items()))
-    if not rows:
+    if not items:
         raise EvalError(f"{text} holds no usable rows (each needs one image, a problem and a reference answer).")
-    return EvalItems(dataset, rows, image_column, source=text, split=split, limit=limit, skipped=skipped)
+    return EvalItems(dataset, items, source=text, split=split, limit=limit, skipped=skipped)
 
 
-#: The group of a row without a ``kind`` column, from its ``needs_high_res`` label (store exports carry the
-#: annotators' decision there).
+#: The group of a row without a ``kind`` or ``category`` column, from its ``needs_high_res`` label (store exports
+#: carry the annotators' decision there).
 NEEDS_HIGH_RES_GROUPS = {True: "needs_full_image", False: "low_res_enough"}
 
 
-def _kind(record: dict) -> str | None:
-    return (_text(record.get("kind")) or _text(record.get("category"))
-            or NEEDS_HIGH_RES_GROUPS.get(record.get("needs_high_res")))
-
-
-def _text(value) -> str | None:
-    return (str(value).strip() or None) if value is not None else None
-
-
 def _image_source(value):
-    """What a row's image cell holds, as ``Engine.ask`` takes it: bytes or a path (no decoding here)."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
+    """An image cell as ``Engine.ask`` takes it: bytes or a path (no decoding here)."""
     if isinstance(value, dict):
         return value.get("bytes") or value.get("path")
     return value

@@ -286,6 +286,32 @@ def test_load_items_ids_references_and_skipped_rows(tmp_path):
     assert isinstance(items[0].image, bytes)  # not decoded until the engine needs it
 
 
+def test_load_items_from_parquet_with_one_image_column_strips_text_and_counts_every_skip(tmp_path, caplog):
+    image = picture((32, 32), 0)
+    path = tmp_path / "bench.parquet"
+    datasets.Dataset.from_dict({
+        "problem": ["  <image>\nA?  ", "  <image>\nA?  ", "  <image>\nA?  ", "<image>\nB?", "   ", "<image>\nC?"],
+        "image": [image, image, image, None, image, image],
+        "solution": [" a ", " a ", " a ", "b", "c", "c"],
+        "doc_id": ["q1", "q1", "q1", "q2", "q3", None],
+        "needs_high_res": [True, True, True, None, None, False],
+        "kind": [None, None, None, None, None, " colour "],
+    }).to_parquet(str(path))
+    with caplog.at_level("WARNING", logger="train.evaluate"):
+        items = ev.load_items(path)
+    assert items.ids[:2] == ["q1", f"q1#{items.ids[1].split('#')[1]}"] and len(items.ids[2]) == 16
+    assert items.skipped == {"duplicate": 1, "no_image": 1, "no_problem": 1}
+    assert f"Skipped 3 rows of {path}: 1 duplicate, 1 no image, 1 no problem." in caplog.text
+    assert [(i.question, i.reference, i.solution) for i in items[:2]] == [("<image>\nA?", "a", "a")] * 2
+    assert [i.kind for i in items] == ["needs_full_image", "needs_full_image", "colour"]
+    assert all(isinstance(i.image, bytes) for i in items)
+
+    datasets.Dataset.from_dict({"question": ["<image>\nA?"], "image": [image], "solution": ["a"]}).to_parquet(
+        str(tmp_path / "other.parquet"))
+    with pytest.raises(ev.EvalError, match=r"other\.parquet has no problem column; it is not in VisionThink's schema"):
+        ev.load_items(tmp_path / "other.parquet")
+
+
 def test_a_second_writer_of_the_same_results_file_is_refused_until_the_first_closes(tmp_path):
     path = tmp_path / ev.RESULTS_FILE
     with ev.ResultsLog(path):
