@@ -140,10 +140,18 @@ def trainer_class():
     from trl import GRPOTrainer
 
     class VisionThinkGRPOTrainer(GRPOTrainer):
-        """With ``environment_factory``, TRL 1.16 keeps the prompts' image fields (``pixel_values``,
+        """GRPOTrainer plus ``stock_processor`` (the processor as the checkpoint had it, which every save writes)
+        and ``drop_uniform_groups``.
+
+        With ``environment_factory``, TRL 1.16 keeps the prompts' image fields (``pixel_values``,
         ``image_grid_thw``) as Python lists; its tool loop then fails (``'list' object has no attribute 'prod'``)
         on a batch where every tool result is text only, i.e. every call was refused with the error turn. They are
         made tensors here, as TRL makes them without an environment."""
+
+        def __init__(self, *args, stock_processor=None, drop_uniform_groups: bool = False, **kwargs):
+            self.stock_processor = stock_processor
+            self.drop_uniform_groups = drop_uniform_groups
+            super().__init__(*args, **kwargs)
 
         def _tokenize_prompts(self, prompts):
             prompt_ids, images, fields = super()._tokenize_prompts(prompts)
@@ -168,8 +176,8 @@ def trainer_class():
             """Every checkpoint (``checkpoint-N/`` too, not only the final save) gets the processor the engine and
             the Hub expect: the checkpoint's own chat template and pixel limits, not the training ones."""
             super()._save(output_dir, state_dict=state_dict)
-            if self.args.should_save:
-                save_stock_processor(self, output_dir or self.args.output_dir)
+            if self.args.should_save and self.stock_processor is not None:
+                self.stock_processor.save_pretrained(output_dir or self.args.output_dir)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             if not load_full_weights(self, resume_from_checkpoint, model):
@@ -186,7 +194,7 @@ def trainer_class():
 
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
-            if getattr(self, "drop_uniform_groups", False):
+            if self.drop_uniform_groups:
                 drop_uniform_groups(self, output)
             return output
 
@@ -279,7 +287,8 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
         training.log_completions = False
 
     processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
-    stock_template, stock_size = processor.chat_template, dict(processor.image_processor.size)
+    # What checkpoints are saved with: the processor as loaded, not the one changed for training below.
+    stock_processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
     if vt.image_max_pixels:
         size = dict(processor.image_processor.size)
         size["longest_edge"] = vt.image_max_pixels
@@ -345,9 +354,9 @@ def build_trainer(vt: VisionThinkArguments, training, model_args, *, model=None)
         processing_class=processor,
         environment_factory=ResizeEnvironment,
         peft_config=get_peft_config(model_args),
+        stock_processor=stock_processor,
+        drop_uniform_groups=vt.drop_uniform_groups,
     )
-    trainer.visionthink_stock = {"chat_template": stock_template, "size": stock_size}
-    trainer.drop_uniform_groups = vt.drop_uniform_groups
     return trainer
 
 
@@ -371,23 +380,6 @@ def resume_point(training) -> str | None:
     return str(wanted)
 
 
-def save_stock_processor(trainer, output_dir: str | Path) -> None:
-    """Write the run's processor into ``output_dir`` with the checkpoint's own chat template and pixel limits (the
-    training ones stay with the run, in memory)."""
-    processor = trainer.processing_class
-    stock = getattr(trainer, "visionthink_stock", {})
-    training_state = (processor.chat_template, processor.tokenizer.response_template, processor.image_processor.size)
-    processor.chat_template = processor.tokenizer.chat_template = stock.get("chat_template")
-    processor.tokenizer.response_template = None
-    if stock.get("size"):
-        processor.image_processor.size = stock["size"]
-    try:
-        processor.save_pretrained(output_dir)
-    finally:
-        processor.chat_template = processor.tokenizer.chat_template = training_state[0]
-        processor.tokenizer.response_template, processor.image_processor.size = training_state[1:]
-
-
 def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True) -> Path:
     """Save a checkpoint the engine loads with ``from_pretrained``: LoRA merged (unless asked not to) and the
     processor with the checkpoint's own chat template and pixel limits, not the training ones."""
@@ -397,7 +389,7 @@ def save_checkpoint(trainer, output_dir: str | Path, *, merge_lora: bool = True)
     if is_peft and merge_lora:
         if trainer.accelerator.is_main_process:
             model.merge_and_unload().save_pretrained(output_dir)
-            save_stock_processor(trainer, output_dir)
+            trainer.stock_processor.save_pretrained(output_dir)
     else:
         trainer.save_model(str(output_dir))  # its _save writes the stock processor
     trainer.accelerator.wait_for_everyone()
