@@ -25,7 +25,6 @@ from app.context import Context
 from app.render import badge, error_box, note_box, stored_transcript, text, token_report
 from store.api import Actor, AskView, QueueFilter, QueueProgress, RatingView, utcnow
 from store.db import StoreError
-from visionthink.engine import TurnRecord
 from visionthink.images import downsample
 
 GUIDELINES = """
@@ -351,11 +350,10 @@ class Page:
                   f"{badge(item.mode, item.requested_high_res)}</div>")
         if actor.role == "admin" and item.consensus is not None and item.consensus.disputed:
             header += '<div class="vt-error" id="vt-disputed">⚠️ Annotators disagree on this item.</div>'
-        turns = [TurnRecord.from_dict(i, t) for i, t in enumerate(item.turns)]
         return {
             self.current: item.id, self.progress: _progress_line(done, item.id if revisit else None),
             **self.image_values(actor, item, ORIGINAL), self.view: ORIGINAL, self.decided: header,
-            self.tokens: token_report(item.tokens, item.latency_s, turns), self.chat: chat,
+            self.tokens: token_report(item.tokens, item.latency_s, item.turns), self.chat: chat,
         }
 
     def _empty(self) -> dict:

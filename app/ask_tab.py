@@ -415,7 +415,7 @@ def model_failed(exc: Exception) -> str:
 
 def compare_summary(answer) -> str:
     """One column of a comparison: the mode, its decision, the answer, tokens and latency."""
-    final = (text(answer.answer) if answer.answer is not None
+    final = (text(answer.final_answer) if answer.final_answer is not None
              else f"<i>No answer ({text(answer.stop_reason.replace('_', ' '))})</i>")
     t = answer.tokens
     return (f"<h4>{MODE_TITLES[answer.mode]}</h4>{badge(answer.mode, answer.requested_high_res)}"

@@ -46,12 +46,12 @@ class Transcript:
             self._raw += event.text
             self.messages[-1]["content"] = text(self._raw)
         elif isinstance(event, TurnFinished):
-            self.finish_turn(event.turn)
+            self.finish_turn(event.record)
         elif isinstance(event, HighResRequested):
             self.high_res(event.index, event.size, event.tokens)
         elif isinstance(event, Done):
             a = event.answer
-            self.done(a.answer, a.boxed, a.stop_reason, a.turns[-1].reason)
+            self.done(a.final_answer, a.boxed, a.stop_reason, a.turns[-1].turn.reason)
 
     def start_turn(self, index: int, image_sizes: tuple[tuple[int, int], ...]) -> None:
         self._raw = ""
@@ -66,8 +66,9 @@ class Transcript:
             "metadata": {"title": f"Turn {index + 1} · thinking on {seen}", "status": "pending", "id": f"turn-{index}"},
         })
 
-    def finish_turn(self, turn: TurnRecord) -> None:
+    def finish_turn(self, record: TurnRecord) -> None:
         message = self.messages[-1]
+        turn = record.turn
         if turn.kind == "invalid":
             body = f"{text(turn.text)}\n\n**Invalid turn:** {text(turn.reason)}"
         else:
@@ -75,7 +76,7 @@ class Transcript:
             if turn.kind == "tool_call":
                 body += "\n\n*Called `resize_image` to see the full-resolution image.*"
         message["content"] = body or "*(no reasoning)*"
-        message["metadata"] = {**message["metadata"], "status": "done", "duration": round(turn.latency_s, 2)}
+        message["metadata"] = {**message["metadata"], "status": "done", "duration": round(record.latency_s, 2)}
 
     def high_res(self, index: int, size: tuple[int, int], tokens: int) -> None:
         self.messages.append({
@@ -96,20 +97,21 @@ class Transcript:
         self.messages.append({"role": "assistant", "content": content})
 
 
-def stored_transcript(question: str, turns: list[dict], *, mode: str, requested_high_res: bool, answer: str | None,
-                      stop_reason: str, original_size: tuple[int, int], high_res_tokens: int) -> list[dict]:
+def stored_transcript(question: str, records: list[TurnRecord], *, mode: str, requested_high_res: bool,
+                      answer: str | None, stop_reason: str, original_size: tuple[int, int],
+                      high_res_tokens: int) -> list[dict]:
     """The chat of a stored answer, as it looked when it was asked."""
     transcript = Transcript(question)
     low, full = low_res_size(*original_size), full_res_size(*original_size)
     sizes: tuple[tuple[int, int], ...] = (full if mode == "high" else low,)
-    records = [TurnRecord.from_dict(i, t) for i, t in enumerate(turns)]
     for record in records:
         transcript.start_turn(record.index, sizes)
         transcript.finish_turn(record)
-        if record.kind == "tool_call" and requested_high_res and len(sizes) == 1 and record.index < len(records) - 1:
+        kind = record.turn.kind
+        if kind == "tool_call" and requested_high_res and len(sizes) == 1 and record.index < len(records) - 1:
             transcript.high_res(record.index, full, high_res_tokens)
             sizes = (*sizes, full)
-    last = records[-1] if records else None
+    last = records[-1].turn if records else None
     transcript.done(answer, last.boxed if last and answer is not None else None, stop_reason, last.reason if last else None)
     return transcript.messages
 

@@ -33,6 +33,7 @@ from PIL import Image
 from store.api import Actor, Store
 from store.db import FairLock
 from tests.support.postgres import ENV_URL, check_reachable, fresh_database, postgres_admin_url
+from visionthink import protocol
 from visionthink.engine import Answer, TurnRecord
 from visionthink.images import TokenReport
 
@@ -96,10 +97,9 @@ class Databases:
 
 
 def answer(question: str) -> Answer:
-    turn = TurnRecord(index=0, kind="answer", text="<answer>44.6</answer>", think=None, answer="44.6", boxed=None,
-                      reason=None, attempted_tool_call=False, latency_s=0.5, generated_tokens=8, finish_reason="stop",
-                      prompt_tokens=200, image_tokens=[64])
-    return Answer(question=question, mode="auto", model="bench/model", turns=[turn], answer="44.6",
+    turn = TurnRecord(index=0, turn=protocol.parse_turn(protocol.answer_turn_text("It reads 44.6.", "44.6")),
+                      latency_s=0.5, generated_tokens=8, finish_reason="stop", prompt_tokens=200, image_tokens=[64])
+    return Answer(question=question, mode="auto", model="bench/model", turns=[turn], final_answer="44.6",
                   requested_high_res=False, tokens=TokenReport.build(low_res=64, high_res=0, full_res=256),
                   latency_s=0.5, stop_reason="answer", original_size=IMAGE_SIZE)
 

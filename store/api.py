@@ -36,7 +36,7 @@ from store.models import (
     utcnow,
 )
 from visionthink.clock import as_utc
-from visionthink.engine import MODES, Answer
+from visionthink.engine import MODES, Answer, TurnRecord, turns_from_json, turns_to_json
 from visionthink.images import TokenReport
 from visionthink.intervals import wilson_interval
 from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS, TextError, bounded_text, clean_text
@@ -116,7 +116,7 @@ class AskView:
     model_id: str
     model_revision: str
     mode: str
-    turns: list[dict]
+    turns: list[TurnRecord]
     answer: str | None
     requested_high_res: bool
     stop_reason: str
@@ -365,9 +365,8 @@ class Store:
         question = _bounded(answer.question, self.max_question_chars, "question")
         png = encode_png(original)
         sha = hashlib.sha256(png).hexdigest()
-        turns = clean_json(
-            [{**t.to_dict(), "prompt_tokens": t.prompt_tokens, "image_tokens": t.image_tokens} for t in answer.turns])
-        final = None if answer.answer is None else clean_text(answer.answer)
+        turns = clean_json(turns_to_json(answer.turns))
+        final = None if answer.final_answer is None else clean_text(answer.final_answer)
         t = answer.tokens
         with self.db.write() as s:
             image = self._image(s, sha, png, original.size)
@@ -833,7 +832,7 @@ def _ask_view(ask: Ask, ratings: list[RatingView] | None = None, agreed: Consens
     return AskView(
         id=ask.id, image_sha256=ask.image.sha256, image_size=(ask.image.width, ask.image.height),
         question=ask.question, model_id=ask.model_version.model_id, model_revision=ask.model_version.revision,
-        mode=ask.mode, turns=list(ask.turns), answer=ask.answer, requested_high_res=ask.requested_high_res,
+        mode=ask.mode, turns=turns_from_json(ask.turns), answer=ask.answer, requested_high_res=ask.requested_high_res,
         stop_reason=ask.stop_reason,
         tokens=TokenReport.build(low_res=ask.low_res_tokens, high_res=ask.high_res_tokens, full_res=ask.full_res_tokens),
         latency_s=ask.latency_s, consent=ask.consent, created_at=as_utc(ask.created_at), ratings=ratings or [],

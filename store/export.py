@@ -35,8 +35,8 @@ from store.publish import Draft, ExportError, check_out, new_version, resolve
 from visionthink import protocol
 from visionthink.args import EXIT_BAD_INPUT, CommandParser, fail
 from visionthink.clock import as_utc, parse_day
-from visionthink.engine import TurnRecord
 from visionthink.engine import replay as replay_episode
+from visionthink.engine import turns_to_json
 from visionthink.images import downsample, full_resolution
 from visionthink.rows import FEATURES as GRPO_FEATURES
 from visionthink.rows import MESSAGES, make_row
@@ -363,7 +363,7 @@ class _KtoBuilder(_Builder):
             if label is None:
                 self.skipped[source] += 1
                 continue
-            row = self._with_episode(item, completion=[{"role": "assistant", "content": item.ask.turns[-1]["text"]}],
+            row = self._with_episode(item, completion=[{"role": "assistant", "content": item.ask.turns[-1].turn.text}],
                                      label=label)
             if row is not None:
                 self.sources[source] += 1
@@ -411,13 +411,13 @@ class _DpoBuilder(_Builder):
             if reason is not None:
                 self.skipped[reason] += 1
                 continue
-            final = item.ask.turns[-1]
-            chosen = protocol.answer_turn_text(final["think"], self._corrected(item))
+            final = item.ask.turns[-1].turn
+            chosen = protocol.answer_turn_text(final.think, self._corrected(item))
             if protocol.parse_turn(chosen).kind != "answer":
                 self.skipped["reference_breaks_format"] += 1
                 continue
             row = self._with_episode(item, chosen=[{"role": "assistant", "content": chosen}],
-                                     rejected=[{"role": "assistant", "content": final["text"]}])
+                                     rejected=[{"role": "assistant", "content": final.text}])
             if row is not None:
                 yield row
 
@@ -434,7 +434,7 @@ class _DpoBuilder(_Builder):
             return "no_reference"
         if item.ask.answer is not None and _core(agreed.reference_answer) == _core(item.ask.answer):
             return "matches_model_answer"
-        if not item.ask.turns[-1].get("think"):
+        if not item.ask.turns[-1].turn.think:
             return "no_model_reasoning"
         return None
 
@@ -510,7 +510,7 @@ png = (folder / items[0]["image"]["file"]).read_bytes()
                       "height": ask.image_size[1]},
             "model": {"id": ask.model_id, "revision": ask.model_revision},
             "mode": ask.mode,
-            "turns": ask.turns,
+            "turns": turns_to_json(ask.turns),
             "answer": ask.answer,
             "requested_high_res": ask.requested_high_res,
             "stop_reason": ask.stop_reason,
@@ -541,7 +541,7 @@ def replay(item: ConsensusItem) -> tuple[list[dict], list[bytes]] | None:
     Rebuilt from the stored turns the way ``visionthink.engine`` ran the episode; None when they cannot be.
     """
     ask = item.ask
-    conversation = replay_episode(ask.question, ask.mode, [TurnRecord.from_dict(i, t) for i, t in enumerate(ask.turns)])
+    conversation = replay_episode(ask.question, ask.mode, [record.turn for record in ask.turns])
     if conversation is None:
         return None
     if conversation.image_count != 1 + int(ask.requested_high_res and ask.mode == "auto"):

@@ -260,11 +260,11 @@ def ask(engine: Engine, item: EvalItem, mode: str, settings: dict) -> Result:
             log.exception("Item %s, %s mode failed unexpectedly", item.id, mode)
         result.error, result.error_type = str(exc) or type(exc).__name__, type(exc).__name__
     else:
-        result.answer = answer.answer
+        result.answer = answer.final_answer
         result.requested_high_res = answer.requested_high_res
         result.stop_reason = answer.stop_reason
         result.turns = len(answer.turns)
-        result.turn_kinds = [turn.kind for turn in answer.turns]
+        result.turn_kinds = [record.turn.kind for record in answer.turns]
         result.tokens = answer.tokens.to_dict()
         result.latency_s = round(answer.latency_s, 4)
     result.finished_at = utcnow().isoformat(timespec="seconds")

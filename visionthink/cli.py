@@ -113,8 +113,8 @@ def _print_stream(events) -> list[Answer]:
         elif isinstance(event, TextDelta):
             out.write(event.text)
         elif isinstance(event, TurnFinished):
-            turn = event.turn
-            out.write(f"\n[{turn.kind}; {turn.generated_tokens} tokens in {turn.latency_s:.2f} s]\n")
+            record, turn = event.record, event.record.turn
+            out.write(f"\n[{turn.kind}; {record.generated_tokens} tokens in {record.latency_s:.2f} s]\n")
             if turn.kind == "invalid":
                 out.write(f"Invalid turn: {turn.reason}\n")
         elif isinstance(event, HighResRequested):
@@ -131,7 +131,7 @@ def comparison_table(answers: list[Answer]) -> str:
     """The modes side by side: decision, answer, visual tokens and latency, one row each."""
     rows = [("mode", "full image", "answer", "visual tokens", "latency")]
     for a in answers:
-        final = a.answer if a.answer is not None else f"(no answer: {a.stop_reason.replace('_', ' ')})"
+        final = a.final_answer if a.final_answer is not None else f"(no answer: {a.stop_reason.replace('_', ' ')})"
         if len(final) > 40:
             final = final[:39] + "…"
         full = {"auto": "asked" if a.requested_high_res else "not asked", "low": "never", "high": "always"}[a.mode]
@@ -149,7 +149,9 @@ def summary(answer: Answer) -> str:
         else {"auto": "Answered from the 1/4-resolution image", "low": "1/4-resolution image only (forced)",
               "high": "Full-resolution image only (forced)"}[answer.mode]
     )
-    final = answer.answer if answer.answer is not None else f"(no answer: {answer.stop_reason.replace('_', ' ')})"
+    final = answer.final_answer
+    if final is None:
+        final = f"(no answer: {answer.stop_reason.replace('_', ' ')})"
     return (
         f"\nModel: {answer.model}\n"
         f"Decision: {decision}\n"

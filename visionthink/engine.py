@@ -137,46 +137,52 @@ class Backend(Protocol):
 
 @dataclass
 class TurnRecord:
-    """One model turn of an episode, parsed, with its cost."""
+    """One model turn of an episode: the parsed turn and what it cost."""
 
     index: int
-    kind: protocol.TurnKind
-    text: str
-    think: str | None
-    answer: str | None
-    boxed: str | None
-    reason: str | None
-    attempted_tool_call: bool
+    turn: protocol.Turn
     latency_s: float
     generated_tokens: int
     finish_reason: str
     prompt_tokens: int | None = None
-    image_tokens: list[int] | None = None
+    image_tokens: list[int] | None = None  # visual tokens per image in context, as the backend counted them
 
-    @classmethod
-    def from_dict(cls, index: int, data: dict) -> TurnRecord:
-        """A turn as stored or exported by ``to_dict`` (missing cost fields read as unknown)."""
-        return cls(
-            index=index, kind=data["kind"], text=data.get("text", ""), think=data.get("think"),
-            answer=data.get("answer"), boxed=data.get("boxed"), reason=data.get("reason"),
-            attempted_tool_call=protocol.parse_turn(data.get("text", "")).attempted_tool_call,
-            latency_s=data.get("latency_s", 0.0),
-            generated_tokens=data.get("generated_tokens", 0), finish_reason=data.get("finish_reason", "stop"),
-            prompt_tokens=data.get("prompt_tokens"), image_tokens=data.get("image_tokens"),
-        )
 
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "think": self.think,
-            "text": self.text,
-            "answer": self.answer,
-            "boxed": self.boxed,
-            "reason": self.reason,
-            "latency_s": round(self.latency_s, 4),
-            "generated_tokens": self.generated_tokens,
-            "finish_reason": self.finish_reason,
+def turns_to_json(records: list[TurnRecord]) -> list[dict]:
+    """Turns as they are stored and exported (read back by ``turns_from_json``)."""
+    return [
+        {
+            "kind": r.turn.kind,
+            "think": r.turn.think,
+            "text": r.turn.text,
+            "answer": r.turn.answer,
+            "boxed": r.turn.boxed,
+            "reason": r.turn.reason,
+            "latency_s": round(r.latency_s, 4),
+            "generated_tokens": r.generated_tokens,
+            "finish_reason": r.finish_reason,
+            "prompt_tokens": r.prompt_tokens,
+            "image_tokens": r.image_tokens,
         }
+        for r in records
+    ]
+
+
+def turns_from_json(data: list[dict]) -> list[TurnRecord]:
+    """Turns written by ``turns_to_json``: each is parsed again from its text, so its kind, think, answer and call
+    always agree with it; an invalid turn keeps its stored reason (a cut-off turn's names the token limit, which
+    the text cannot tell). Cost fields missing from older data read as unknown."""
+    records = []
+    for index, item in enumerate(data):
+        turn = protocol.parse_turn(item.get("text", ""))
+        if turn.kind == "invalid" and item.get("reason"):
+            turn = replace(turn, reason=item["reason"])
+        records.append(TurnRecord(
+            index=index, turn=turn, latency_s=item.get("latency_s", 0.0),
+            generated_tokens=item.get("generated_tokens", 0), finish_reason=item.get("finish_reason", "stop"),
+            prompt_tokens=item.get("prompt_tokens"), image_tokens=item.get("image_tokens"),
+        ))
+    return records
 
 
 @dataclass
@@ -187,7 +193,7 @@ class Answer:
     mode: Mode
     model: str
     turns: list[TurnRecord]
-    answer: str | None
+    final_answer: str | None  # the last turn's answer; None when the episode ended without one
     requested_high_res: bool
     tokens: TokenReport
     latency_s: float
@@ -198,13 +204,13 @@ class Answer:
 
     @property
     def boxed(self) -> str | None:
-        return self.turns[-1].boxed if self.answer is not None else None
+        return self.turns[-1].turn.boxed if self.final_answer is not None else None
 
     def to_json(self) -> dict:
         return {
-            "answer": self.answer,
+            "answer": self.final_answer,
             "requested_high_res": self.requested_high_res,
-            "turns": [t.to_dict() for t in self.turns],
+            "turns": turns_to_json(self.turns),
             "tokens": self.tokens.to_dict(),
             "latency_s": round(self.latency_s, 4),
             "model": self.model,
@@ -230,7 +236,7 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class TurnFinished:
-    turn: TurnRecord
+    record: TurnRecord
 
 
 @dataclass(frozen=True)
@@ -371,16 +377,17 @@ class Engine:
             conversation.add_model_turn(output.text)
             yield TurnFinished(record)
 
-            if record.kind == "answer":
+            kind = record.turn.kind
+            if kind == "answer":
                 stop_reason = "answer"
                 break
-            if output.finish_reason == "length" and record.kind == "invalid":
+            if output.finish_reason == "length" and kind == "invalid":
                 stop_reason = "truncated"
                 break
             if index == self.max_turns - 1:
-                stop_reason = "tool_call_at_turn_limit" if record.kind == "tool_call" else "invalid"
+                stop_reason = "tool_call_at_turn_limit" if kind == "tool_call" else "invalid"
                 break
-            followup = continue_conversation(conversation, record, mode)
+            followup = continue_conversation(conversation, record.turn, mode)
             if followup == "end":
                 stop_reason = "invalid"  # neither an answer nor a call: nothing to respond to
                 break
@@ -396,13 +403,13 @@ class Engine:
             report = TokenReport.build(
                 low_res=first_tokens, high_res=full_tokens if requested_high_res else 0, full_res=full_tokens
             )
-        final = turns[-1]
+        final = turns[-1].turn
         answer = Answer(
             question=question,
             mode=mode,
             model=self.model_id,
             turns=turns,
-            answer=final.answer if final.kind == "answer" else None,
+            final_answer=final.answer if final.kind == "answer" else None,
             requested_high_res=requested_high_res,
             tokens=report,
             latency_s=time.perf_counter() - started,
@@ -413,7 +420,7 @@ class Engine:
         yield Done(answer)
 
 
-def continue_conversation(conversation: protocol.Conversation, turn: TurnRecord, mode: Mode) -> str:
+def continue_conversation(conversation: protocol.Conversation, turn: protocol.Turn, mode: Mode) -> str:
     """Append what follows a model turn that neither answered nor used the last turn.
 
     Returns "full_image" (a resize in auto mode: the tool response with the next image), "error" (the trained
@@ -432,9 +439,9 @@ def continue_conversation(conversation: protocol.Conversation, turn: TurnRecord,
     return "end"
 
 
-def replay(question: str, mode: Mode, turns: list[TurnRecord]) -> protocol.Conversation | None:
-    """The conversation the model saw before its final turn, rebuilt from a recorded episode; None when the
-    recorded turns could not have come from ``Engine.stream`` (then nothing is guessed)."""
+def replay(question: str, mode: Mode, turns: list[protocol.Turn]) -> protocol.Conversation | None:
+    """The conversation the model saw before its final turn, rebuilt from a recorded episode's turns; None when
+    they could not have come from ``Engine.stream`` (then nothing is guessed)."""
     conversation = protocol.Conversation.start(question)
     try:
         for turn in turns[:-1]:
@@ -471,22 +478,10 @@ def prepare_inputs(image, question: str, mode: Mode = "auto", limits: InputLimit
 
 def _record(index: int, output: TurnOutput, latency_s: float, settings: GenerationSettings) -> TurnRecord:
     turn = protocol.parse_turn(output.text)
-    reason = turn.reason
     if turn.kind == "invalid" and output.finish_reason == "length":
-        reason = f"The turn was cut off at the {settings.max_new_tokens}-token limit before it finished. {reason}"
+        cut = f"The turn was cut off at the {settings.max_new_tokens}-token limit before it finished."
+        turn = replace(turn, reason=f"{cut} {turn.reason}")
     return TurnRecord(
-        index=index,
-        kind=turn.kind,
-        text=turn.text,
-        think=turn.think,
-        answer=turn.answer,
-        boxed=turn.boxed,
-        reason=reason,
-        attempted_tool_call=turn.attempted_tool_call,
-        latency_s=latency_s,
-        generated_tokens=output.generated_tokens,
-        finish_reason=output.finish_reason,
-        prompt_tokens=output.prompt_tokens,
-        image_tokens=output.image_tokens,
+        index=index, turn=turn, latency_s=latency_s, generated_tokens=output.generated_tokens,
+        finish_reason=output.finish_reason, prompt_tokens=output.prompt_tokens, image_tokens=output.image_tokens,
     )
-

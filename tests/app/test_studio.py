@@ -48,7 +48,7 @@ def test_public_page_asks_and_stores_but_offers_nothing_else(studio, chart):
     mine = [a for a in stored if a.question == "Public question?"]
     assert len(mine) == 1 and mine[0].consent is False and mine[0].requested_high_res is True
     assert mine[0].tokens.used == 240 and mine[0].model_id == "tiny-forced"
-    assert [t["kind"] for t in mine[0].turns] == ["tool_call", "answer"]
+    assert [t.turn.kind for t in mine[0].turns] == ["tool_call", "answer"]
     store.close()
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from store.api import Store
 from tests.support.postgres import fresh_database
+from visionthink import protocol
 from visionthink.engine import Answer, TurnRecord
 from visionthink.images import TokenReport
 
@@ -67,16 +68,14 @@ def build_answer(question: str = "What is the reading on the gauge?", *, mode: s
     high_res = full_res if requested_high_res else 0
     turns = []
     if requested_high_res:
-        turns.append(TurnRecord(index=0, kind="tool_call", text="<think>Too small.</think><tool_call>…</tool_call>",
-                                think="Too small.", answer=None, boxed=None, reason=None, attempted_tool_call=True,
+        turns.append(TurnRecord(index=0, turn=protocol.parse_turn(protocol.tool_call_turn_text("Too small.")),
                                 latency_s=0.5, generated_tokens=30, finish_reason="stop", prompt_tokens=120,
                                 image_tokens=[low_res]))
-    turns.append(TurnRecord(index=len(turns), kind="answer", text=f"<answer>{answer}</answer>", think=None,
-                            answer=answer, boxed=None, reason=None, attempted_tool_call=False, latency_s=1.0,
-                            generated_tokens=12, finish_reason="stop", prompt_tokens=300,
+    turns.append(TurnRecord(index=len(turns), turn=protocol.parse_turn(protocol.answer_turn_text("Legible.", answer)),
+                            latency_s=1.0, generated_tokens=12, finish_reason="stop", prompt_tokens=300,
                             image_tokens=[low_res, high_res] if requested_high_res else [low_res]))
     return Answer(
-        question=question, mode=mode, model=model, turns=turns, answer=answer,
+        question=question, mode=mode, model=model, turns=turns, final_answer=answer,
         requested_high_res=requested_high_res,
         tokens=TokenReport.build(low_res=low_res, high_res=high_res, full_res=full_res),
         latency_s=latency_s, stop_reason="answer", original_size=(64, 48),

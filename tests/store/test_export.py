@@ -49,19 +49,15 @@ def picture(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
 def answer(question: str, texts: list[str], mode: str = "auto") -> Answer:
     turns = []
     for index, text in enumerate(texts):
-        turn = protocol.parse_turn(text)
-        turns.append(TurnRecord(
-            index=index, kind=turn.kind, text=turn.text, think=turn.think, answer=turn.answer, boxed=turn.boxed,
-            reason=turn.reason, attempted_tool_call=turn.attempted_tool_call, latency_s=0.5, generated_tokens=20,
-            finish_reason="stop", prompt_tokens=300, image_tokens=[12],
-        ))
-    resized = mode == "auto" and any(t.kind == "tool_call" for t in turns[:-1])
+        turns.append(TurnRecord(index=index, turn=protocol.parse_turn(text), latency_s=0.5, generated_tokens=20,
+                                finish_reason="stop", prompt_tokens=300, image_tokens=[12]))
+    resized = mode == "auto" and any(t.turn.kind == "tool_call" for t in turns[:-1])
     tokens = TokenReport.build(low_res=0 if mode == "high" else 12, high_res=48 if resized or mode == "high" else 0,
                                full_res=48)
-    final = turns[-1]
+    final = turns[-1].turn
     return Answer(question=question, mode=mode, model=MODEL, turns=turns,
-                  answer=final.answer if final.kind == "answer" else None, requested_high_res=resized, tokens=tokens,
-                  latency_s=1.25, stop_reason="answer", original_size=(64, 48))
+                  final_answer=final.answer if final.kind == "answer" else None, requested_high_res=resized,
+                  tokens=tokens, latency_s=1.25, stop_reason="answer", original_size=(64, 48))
 
 
 def rate_both(store: Store, ask_id: int, verdict: str, refs=(None, None), decisions=(None, None)) -> None:

@@ -22,6 +22,7 @@ from store.export import export
 from store.models import Ask, Judgement, ModelVersion, Rating, Skip, StoredImage, User
 from tests.store.conftest import build_answer, sample_image
 from tests.support.ports import free_port
+from visionthink import protocol
 from visionthink.text import MAX_QUESTION_CHARS, MAX_TEXT_CHARS
 from visionthink.text import clean_text
 
@@ -85,8 +86,8 @@ def test_every_stored_text_is_cleaned_and_reads_back(make_store, tmp_path, bad: 
     admin, bob, visitor = Actor(dirty("ann"), "admin"), Actor(dirty("bob"), "annotator"), Actor.anonymous(dirty("s"))
 
     answer = build_answer(dirty("How many?"), model=dirty("org/model"), answer=dirty("44.6"))
-    answer.turns[0].think = dirty("Too small.")
-    answer.turns[-1].text = dirty("<answer>44.6</answer>")
+    answer.turns[0].turn = protocol.parse_turn(protocol.tool_call_turn_text(dirty("Too small.")))
+    answer.turns[-1].turn = protocol.parse_turn(dirty("<answer>44.6</answer>"))
     ask = store.record(answer, sample_image(), visitor, consent=False, revision=dirty("r1"), source=dirty("local"))
     store.set_consent(visitor, ask, True)  # the visitor is still recognised as the asker...
     store.rate(visitor, ask, verdict="incorrect", reference_answer=dirty("45"), comment=dirty("close"),
@@ -104,7 +105,8 @@ def test_every_stored_text_is_cleaned_and_reads_back(make_store, tmp_path, bad: 
     view = store.item(admin, ask)
     assert (view.question, view.answer, view.model_id, view.model_revision, view.consent) == (
         clean("How many?"), clean("44.6"), clean("org/model"), clean("r1"), True)
-    assert view.turns[0]["think"] == clean("Too small.") and view.turns[-1]["text"] == clean("<answer>44.6</answer>")
+    assert view.turns[0].turn.think == clean("Too small.")
+    assert view.turns[-1].turn.text == clean("<answer>44.6</answer>")
     assert [(r.rater, r.reference_answer, r.comment) for r in view.ratings] == [
         ("anon:" + clean("s"), clean("45"), clean("close")), (clean("bob"), clean("46"), clean("off")),
         (clean("ann"), clean("47"), clean("final"))]

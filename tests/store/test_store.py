@@ -153,15 +153,15 @@ def test_record_keeps_the_whole_answer(store: Store) -> None:
         "How many cars?", "3", "auto", True, "answer")
     assert (view.model_id, view.model_revision, view.latency_s, view.consent) == (answer.model, "r1", 2.25, True)
     assert view.tokens == answer.tokens and view.tokens.saved == -100
-    assert [t["kind"] for t in view.turns] == ["tool_call", "answer"]
-    assert view.turns[1]["image_tokens"] == [100, 400] and view.turns[1]["prompt_tokens"] == 300
+    assert [t.turn.kind for t in view.turns] == ["tool_call", "answer"]
+    assert view.turns[1].image_tokens == [100, 400] and view.turns[1].prompt_tokens == 300
     assert view.created_at.tzinfo is not None
 
 
 def test_a_record_that_fails_leaves_nothing_behind(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     """The image and model version are written first, inside savepoints; the failed ask must take them along."""
     answer = build_answer(model="org/new-model")
-    answer.turns[0].think = object()  # not JSON: the ask's INSERT fails after the image and model version went in
+    answer.turns[0].prompt_tokens = object()  # not JSON: the INSERT fails after the image and model version went in
     # SQLite's driver reports it as a database error, which people are told without the SQL (and the log has the
     # rest); psycopg raises the encoder's TypeError itself.
     with pytest.raises((StoreFailure, TypeError)) as failed:

@@ -16,7 +16,7 @@ from train.environment import ResizeEnvironment, tool_calls_after
 from train.episodes import read_episode
 from train.grpo import VisionThinkArguments, build_trainer
 from visionthink import protocol
-from visionthink.engine import TurnRecord, continue_conversation
+from visionthink.engine import continue_conversation
 from visionthink.images import downsample
 
 QUESTION = "What is the value of Beta in Q3?"
@@ -42,9 +42,7 @@ def served(text: str) -> tuple[str, protocol.Conversation]:
     """What the engine appends after the model turn ``text`` in auto mode: its step and the conversation."""
     conversation = protocol.Conversation.start(QUESTION)
     conversation.add_model_turn(text)
-    turn = protocol.parse_turn(text)
-    record = TurnRecord.from_dict(0, {"kind": turn.kind, "text": turn.text, "reason": turn.reason})
-    return continue_conversation(conversation, record, "auto"), conversation
+    return continue_conversation(conversation, protocol.parse_turn(text), "auto"), conversation
 
 
 def served_injection(text: str) -> str:

@@ -122,12 +122,13 @@ def test_a_store_export_keeps_the_project_rule(tmp_path):
     from store.api import Actor, Store
     from store.export import export
     from tests.support.forcing import ANSWER_TURN
+    from visionthink import protocol
     from visionthink.engine import Answer, TurnRecord
     from visionthink.images import TokenReport
 
     image = gradient(1600, 1200)
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    turn = TurnRecord(0, "answer", ANSWER_TURN, "x", "The value is \\boxed{44.6}", "44.6", None, False, 0.1, 10, "stop")
+    turn = TurnRecord(0, protocol.parse_turn(ANSWER_TURN), 0.1, 10, "stop")
     answer = Answer("What is the value?", "auto", "tiny", [turn], "The value is \\boxed{44.6}", False,
                     TokenReport.build(low_res=609, high_res=0, full_res=2451), 0.2, "answer", image.size)
     ask = store.record(answer, image, Actor.anonymous("s"), consent=True)

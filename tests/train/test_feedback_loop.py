@@ -39,7 +39,7 @@ def rated_store(path: Path, items: list[task.Item]) -> str:
         answer = engine.ask(item.image, item.question)
         ask = store.record(answer, item.image, Actor.anonymous("visitor"), consent=True, source="local")
         for rater in ("ann", "bob"):
-            right = (answer.answer or "").strip().lower() == item.answer
+            right = (answer.final_answer or "").strip().lower() == item.answer
             store.rate(Actor(rater, "annotator"), ask, verdict="correct" if right else "incorrect",
                        reference_answer=item.answer,
                        decision="needed_full" if item.kind in task.FINE_KINDS else "low_enough")

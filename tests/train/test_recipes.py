@@ -19,6 +19,7 @@ from store.export import export
 from tests.support.forcing import ANSWER_TURN, TOOL_TURN
 from train.data import prompt_messages, training_dataset
 from train.grpo import VisionThinkArguments, check_setup
+from visionthink import protocol
 from visionthink.engine import Answer, TurnRecord
 from visionthink.images import TokenReport, downsample
 
@@ -66,8 +67,7 @@ def test_accelerate_configs():
 
 
 def _answer(question: str, turns: list[str]) -> Answer:
-    records = [TurnRecord(i, "tool_call" if "tool_call" in t else "answer", t, "x", "The value is \\boxed{44.6}"
-                          if "answer" in t else None, None, None, False, 0.1, 10, "stop") for i, t in enumerate(turns)]
+    records = [TurnRecord(i, protocol.parse_turn(t), 0.1, 10, "stop") for i, t in enumerate(turns)]
     return Answer(question, "auto", "tiny", records, "The value is \\boxed{44.6}", len(turns) > 1,
                   TokenReport.build(low_res=4, high_res=16 if len(turns) > 1 else 0, full_res=16), 0.2, "answer",
                   (112, 112))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +21,8 @@ from visionthink.engine import (
     TextDelta,
     TurnFinished,
     TurnStarted,
+    turns_from_json,
+    turns_to_json,
 )
 from visionthink.images import ImageError, downsample, visual_tokens
 
@@ -63,12 +68,12 @@ def test_tool_call_gets_the_full_image_in_turn_two(tiny_parts, picture):
     engine, backend = make_engine(tiny_parts, [TOOL_TURN, ANSWER_TURN])
     answer = engine.ask(picture, "What is the value of Beta in Q3?")
 
-    assert [t.kind for t in answer.turns] == ["tool_call", "answer"]
+    assert [t.turn.kind for t in answer.turns] == ["tool_call", "answer"]
     assert answer.requested_high_res is True
     assert answer.stop_reason == "answer"
-    assert answer.answer == "The value is \\boxed{44.6}"
+    assert answer.final_answer == "The value is \\boxed{44.6}"
     assert answer.boxed == "44.6"
-    assert answer.turns[0].think == "The labels are too small to read at this size."
+    assert answer.turns[0].turn.think == "The labels are too small to read at this size."
 
     low, full = visual_tokens(224, 168), visual_tokens(*SIZE)
     assert (low, full) == (48, 192)
@@ -83,7 +88,7 @@ def test_tool_call_gets_the_full_image_in_turn_two(tiny_parts, picture):
     assert [im.size for im in images2] == [(224, 168), SIZE]
     assert np.array_equal(np.asarray(images2[1]), np.asarray(picture))
     assert np.array_equal(np.asarray(images2[0]), np.asarray(downsample(picture)))
-    assert text2 == text1 + answer.turns[0].text + protocol.IM_END + protocol.tool_response_turn()
+    assert text2 == text1 + answer.turns[0].turn.text + protocol.IM_END + protocol.tool_response_turn()
     assert text2.count(protocol.IMAGE_PLACEHOLDER) == 2
 
     tokens = answer.tokens
@@ -95,7 +100,7 @@ def test_tool_call_gets_the_full_image_in_turn_two(tiny_parts, picture):
 def test_direct_answer_uses_only_the_quarter_image(tiny_parts, picture):
     engine, backend = make_engine(tiny_parts, [ANSWER_TURN])
     answer = engine.ask(picture, "Is there a chart?")
-    assert [t.kind for t in answer.turns] == ["answer"]
+    assert [t.turn.kind for t in answer.turns] == ["answer"]
     assert answer.requested_high_res is False
     assert len(backend.requests) == 1
     assert answer.turns[0].image_tokens == [48]
@@ -107,7 +112,7 @@ def test_direct_answer_uses_only_the_quarter_image(tiny_parts, picture):
 def test_low_mode_refuses_the_resize_with_an_error_turn(tiny_parts, picture):
     engine, backend = make_engine(tiny_parts, [TOOL_TURN, ANSWER_TURN])
     answer = engine.ask(picture, "What is the value?", mode="low")
-    assert [t.kind for t in answer.turns] == ["tool_call", "answer"]
+    assert [t.turn.kind for t in answer.turns] == ["tool_call", "answer"]
     assert answer.requested_high_res is False
     assert answer.turns[1].image_tokens == [48]  # still only the 1/4 image
     text2 = backend.requests[1][0]
@@ -128,9 +133,9 @@ def test_high_mode_is_one_pass_on_the_full_image(tiny_parts, picture):
 def test_tool_call_in_the_last_turn_ends_the_episode(tiny_parts, picture):
     engine, backend = make_engine(tiny_parts, [TOOL_TURN, TOOL_TURN])
     answer = engine.ask(picture, "What is the value?")
-    assert [t.kind for t in answer.turns] == ["tool_call", "tool_call"]
+    assert [t.turn.kind for t in answer.turns] == ["tool_call", "tool_call"]
     assert answer.stop_reason == "tool_call_at_turn_limit"
-    assert answer.answer is None
+    assert answer.final_answer is None
     assert len(backend.requests) == 2
 
 
@@ -145,15 +150,15 @@ def test_max_turns_is_configurable(tiny_parts, picture):
 def test_invalid_tool_call_gets_the_error_turn(tiny_parts, picture):
     engine, backend = make_engine(tiny_parts, [BAD_TOOL_TURN, ANSWER_TURN])
     answer = engine.ask(picture, "What is the value?")
-    assert answer.turns[0].kind == "invalid"
-    assert "annotate_image" in answer.turns[0].reason
+    assert answer.turns[0].turn.kind == "invalid"
+    assert "annotate_image" in answer.turns[0].turn.reason
     assert answer.requested_high_res is False
     text1, _ = backend.requests[0]
     text2, images2 = backend.requests[1]
-    expected = protocol.error_turn(answer.turns[0].reason.rstrip("."))
-    assert text2 == text1 + answer.turns[0].text + protocol.IM_END + expected
+    expected = protocol.error_turn(answer.turns[0].turn.reason.rstrip("."))
+    assert text2 == text1 + answer.turns[0].turn.text + protocol.IM_END + expected
     assert len(images2) == 1
-    assert answer.answer == "The value is \\boxed{44.6}"
+    assert answer.final_answer == "The value is \\boxed{44.6}"
 
 
 def test_stream_events_in_order(tiny_parts, picture):
@@ -165,11 +170,11 @@ def test_stream_events_in_order(tiny_parts, picture):
     assert starts[0].image_sizes == ((224, 168),) and starts[1].image_sizes == ((224, 168), SIZE)
     high = next(e for e in events if isinstance(e, HighResRequested))
     assert (high.size, high.tokens) == (SIZE, 192)
-    finished = [e.turn for e in events if isinstance(e, TurnFinished)]
-    for turn in finished:
-        streamed = "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == turn.index)
-        assert streamed == turn.text
-        assert len([e for e in events if isinstance(e, TextDelta) and e.index == turn.index]) > 3
+    finished = [e.record for e in events if isinstance(e, TurnFinished)]
+    for record in finished:
+        streamed = "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == record.index)
+        assert streamed == record.turn.text
+        assert len([e for e in events if isinstance(e, TextDelta) and e.index == record.index]) > 3
     assert isinstance(events[-1], Done) and events[-1].answer.turns == finished
 
 
@@ -178,8 +183,8 @@ def test_unconstrained_random_model_is_cut_off_cleanly(tiny_parts, picture):
     answer = engine.ask(picture, "Anything?")
     assert answer.turns[0].generated_tokens <= 12
     assert answer.stop_reason in ("truncated", "invalid")
-    assert answer.answer is None
-    assert not any(tok in answer.turns[0].text for tok in protocol.VISION_TOKENS)
+    assert answer.final_answer is None
+    assert not any(tok in answer.turns[0].turn.text for tok in protocol.VISION_TOKENS)
 
 
 def test_bad_inputs_are_refused_before_generation(tiny_parts, picture, tmp_path):
@@ -243,7 +248,7 @@ def test_run_uses_the_checked_image_without_decoding_it_again(tiny_parts, pictur
 
     monkeypatch.setattr(engine_module, "load_image", no_second_decode)
     done = [e for e in engine.run(inputs) if isinstance(e, Done)]
-    assert done[0].answer.answer is not None and done[0].answer.original_size == SIZE
+    assert done[0].answer.final_answer is not None and done[0].answer.original_size == SIZE
 
 
 def test_a_second_episode_waits_for_the_model(tiny_parts, picture):
@@ -276,3 +281,32 @@ def test_model_concurrency_above_one_runs_episodes_together(tiny_parts, picture)
     second = engine.stream(picture, "Second?")
     assert isinstance(next(second), TurnStarted)
     assert not any(isinstance(e, Waiting) for e in [*first, *second])
+
+
+def test_turns_read_back_as_they_were_written(tiny_parts, picture):
+    engine, _ = make_engine(tiny_parts, [TOOL_TURN, ANSWER_TURN])
+    answer = engine.ask(picture, "What is the value of Beta in Q3?")
+    engine, _ = make_engine(tiny_parts, [ANSWER_TURN], settings=GenerationSettings(max_new_tokens=8))
+    cut = engine.ask(picture, "What is the value of Beta in Q3?")
+    assert cut.stop_reason == "truncated" and "8-token limit" in cut.turns[0].turn.reason
+    for records in (answer.turns, cut.turns):
+        stored = json.loads(json.dumps(turns_to_json(records)))
+        assert turns_from_json(stored) == [replace(r, latency_s=round(r.latency_s, 4)) for r in records]
+        assert turns_to_json(turns_from_json(stored)) == stored
+
+
+def test_a_stored_turn_is_what_its_text_says():
+    """The kind and parts come from the text, whatever was stored beside it; an invalid turn keeps its stored
+    reason (a cut-off turn's names the token limit, which its text cannot tell)."""
+    cut_off = "The turn was cut off at the 8-token limit before it finished."
+    stored = [
+        {"kind": "answer", "text": "<answer>44.6</answer>", "think": "made up", "answer": "44.6", "latency_s": 0.5},
+        {"kind": "invalid", "text": TOOL_TURN, "reason": "stale", "generated_tokens": 30, "image_tokens": [48]},
+        {"kind": "invalid", "text": "<think>Now the", "reason": cut_off, "finish_reason": "length"},
+    ]
+    first, second, third = turns_from_json(stored)
+    assert first.turn == protocol.parse_turn("<answer>44.6</answer>") and first.turn.kind == "invalid"
+    assert (first.index, first.latency_s, first.generated_tokens, first.finish_reason) == (0, 0.5, 0, "stop")
+    assert second.turn == protocol.parse_turn(TOOL_TURN) and second.turn.reason is None
+    assert (second.index, second.generated_tokens, second.image_tokens, second.prompt_tokens) == (1, 30, [48], None)
+    assert third.turn.kind == "invalid" and third.turn.reason == cut_off and third.finish_reason == "length"

@@ -60,7 +60,7 @@ def run(parts, image: Image.Image, question: str, *, reuse: bool, mode: str = "a
 
     backend = Spy(model, processor, "tiny", logits_processor_factory=factory, reuse_kv=reuse, early_encode=early)
     engine = Engine(backend, settings=GenerationSettings(max_new_tokens=len(tool) + 1))
-    turns = [e.turn for e in engine.stream(image, question, mode) if isinstance(e, TurnFinished)]
+    turns = [e.record for e in engine.stream(image, question, mode) if isinstance(e, TurnFinished)]
     first, second = backend.outputs
     # with reuse, turn 2 took every token of turn 1 but its last from the cache; without, none
     assert second.reused_tokens == ((first.prompt_tokens + first.generated_tokens - 1) if reuse else 0)
@@ -77,8 +77,8 @@ def test_turn_two_from_the_cache_equals_a_full_re_prefill(parts, size):
     image = noise(*size, seed=size[0])
     again, expected = run(parts, image, "What does the small print say?", reuse=False)
     reused, got = run(parts, image, "What does the small print say?", reuse=True)
-    assert [t.kind for t in reused][:1] == ["tool_call"] and len(reused) == 2
-    assert reused[1].text == again[1].text  # the same greedy tokens
+    assert [t.turn.kind for t in reused][:1] == ["tool_call"] and len(reused) == 2
+    assert reused[1].turn.text == again[1].turn.text  # the same greedy tokens
     assert len(got) == len(expected) > 0
     for step, (a, b) in enumerate(zip(got, expected)):
         finite = torch.isfinite(b)
@@ -106,7 +106,7 @@ def test_an_error_turn_without_a_new_image_also_continues(parts):
     image = noise(448, 336, seed=3)
     again, expected = run(parts, image, "What is it?", reuse=False, mode="low")
     reused, got = run(parts, image, "What is it?", reuse=True, mode="low")
-    assert reused[1].text == again[1].text
+    assert reused[1].turn.text == again[1].turn.text
     assert max((a - b)[torch.isfinite(b)].abs().max().item() for a, b in zip(got, expected)) < 1e-4
 
 
@@ -132,7 +132,7 @@ def test_the_full_image_encoded_during_turn_one_gives_what_encoding_it_in_turn_t
         ahead = list(calls.tokens)
     finally:
         calls.handle.remove()
-    assert early[1].text == usual[1].text
+    assert early[1].turn.text == usual[1].turn.text
     assert max((a - b)[torch.isfinite(b)].abs().max().item() for a, b in zip(got, expected)) < 1e-4
     # the tower ran once per image either way: the 1/4 image for turn 1, the full image (four times its tokens)
     assert sorted(late) == sorted(ahead) and len(ahead) == 2 and max(ahead) > 3 * min(ahead)
@@ -168,7 +168,7 @@ def test_early_features_the_model_did_not_ask_for_are_dropped(parts):
         backend.carries[0][_EARLY].thread.join(timeout=60)  # left to finish on its own; waited for here only
     finally:
         calls.handle.remove()
-    assert result.answer == "4" and not result.requested_high_res and len(result.turns) == 1
+    assert result.final_answer == "4" and not result.requested_high_res and len(result.turns) == 1
     assert sorted(calls.tokens) == [48, 192]  # the 1/4 image for the turn, the full image ahead of a request
 
 

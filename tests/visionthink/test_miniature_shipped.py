@@ -54,8 +54,8 @@ def test_the_embedded_miniature_asks_on_pattern_questions_only_and_answers(fresh
     runs = episodes(engine_for(miniature_model.TRAINED_DIR), fresh_items)
     for kind, pairs in runs.items():
         asked = sum(answer.requested_high_res for _, answer in pairs) / len(pairs)
-        right = sum((answer.answer or "").strip().lower() == item.answer for item, answer in pairs) / len(pairs)
-        well_formed = sum(answer.stop_reason == "answer" and [t.kind for t in answer.turns] in
+        right = sum((answer.final_answer or "").strip().lower() == item.answer for item, answer in pairs) / len(pairs)
+        well_formed = sum(answer.stop_reason == "answer" and [t.turn.kind for t in answer.turns] in
                           (["answer"], ["tool_call", "answer"]) for _, answer in pairs) / len(pairs)
         if kind in task.FINE_KINDS:
             assert asked >= 0.95, (kind, asked)
@@ -67,7 +67,7 @@ def test_the_embedded_miniature_asks_on_pattern_questions_only_and_answers(fresh
     colour = runs["colour"][0][1]
     assert colour.tokens.used == colour.tokens.low_res == 16 and colour.tokens.full_res == 64
     pattern = runs["pattern"][0][1]
-    assert pattern.tokens.used == 80 and pattern.turns[0].text.startswith("<think>The pattern needs")
+    assert pattern.tokens.used == 80 and pattern.turns[0].turn.text.startswith("<think>The pattern needs")
 
 
 def test_the_warm_start_asks_about_half_the_time_on_every_kind(fresh_items):
@@ -84,6 +84,6 @@ def test_the_miniature_speaks_the_exact_protocol():
     engine = engine_for(miniature_model.TRAINED_DIR)
     item = task.draw_item(random.Random(5), "pattern")
     answer = engine.ask(item.image, item.question)
-    first = protocol.parse_turn(answer.turns[0].text)
+    first = protocol.parse_turn(answer.turns[0].turn.text)
     assert first.kind == "tool_call" and first.reason is None
-    assert answer.stop_reason == "answer" and answer.answer in task.PATTERNS
+    assert answer.stop_reason == "answer" and answer.final_answer in task.PATTERNS

@@ -35,8 +35,8 @@ def test_second_request_carries_both_images_and_the_tool_response(picture):
         answer = events[-1].answer
         first, second = server.requests
 
-    assert answer.requested_high_res and answer.answer == "The value is \\boxed{44.6}"
-    assert answer.turns[0].text == TOOL_TURN  # the end-of-turn token is stripped
+    assert answer.requested_high_res and answer.final_answer == "The value is \\boxed{44.6}"
+    assert answer.turns[0].turn.text == TOOL_TURN  # the end-of-turn token is stripped
     assert answer.turns[1].generated_tokens == 17
     assert "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == 1) == ANSWER_TURN
 
@@ -71,7 +71,7 @@ def test_length_finish_is_reported_as_truncated(picture):
     with ChatServer([Reply("<think>this goes on and on", finish_reason="length")]) as server:
         answer = Engine(OpenAIBackend(server.base_url, "test-model")).ask(picture, "What is it?")
     assert answer.stop_reason == "truncated"
-    assert "cut off" in answer.turns[0].reason
+    assert "cut off" in answer.turns[0].turn.reason
 
 
 def test_server_errors_become_backend_errors(picture):
