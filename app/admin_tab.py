@@ -150,7 +150,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
             return {status: error_box("Pick an item from the list (or type its number).")}
         try:
             require(actor, "admin", to="resolve disagreements")  # annotators may open items, but not here
-            return {status: "", **opened(actor, ctx.store.item(actor, ask_id))}
+            return {status: "", **opened(actor, ctx.store.get_ask(actor, ask_id))}
         except StoreError as exc:
             return {status: error_box(str(exc))}
 

@@ -208,7 +208,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
                                               "vt-annotate-note")}
                 target = last.id
             ctx.store.withdraw(actor, target)
-            item = ctx.store.item(actor, target)
+            item = ctx.store.get_ask(actor, target)
         except StoreError as exc:
             return {message: error_box(str(exc))}
         note = f"Undone: your rating of #{target} no longer counts, and the item is back in your queue."
@@ -231,7 +231,7 @@ def build(ctx: Context) -> tuple[gr.Tab, Callable, list]:
             return {image: gr.skip()}
         actor = ctx.actor(request, profile)
         try:
-            return page.image_values(actor, ctx.store.item(actor, ask_id), which)
+            return page.image_values(actor, ctx.store.get_ask(actor, ask_id), which)
         except StoreError as exc:
             return {message: error_box(str(exc))}
 
@@ -289,7 +289,7 @@ class Page:
     def next(self, actor: Actor, wanted: QueueFilter, since: datetime | None, note: str = "") -> dict:
         """The next item of the annotator's queue that matches ``wanted``, or why there is none."""
         try:
-            item = self.ctx.store.next_item(actor, wanted)
+            item = self.ctx.store.next_ask(actor, wanted)
             if item is not None:
                 return self.show(actor, item, wanted, since, note)
             done = self.ctx.store.progress(actor, wanted, since=since)

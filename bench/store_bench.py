@@ -65,7 +65,7 @@ class ExportRun:
     backend: str
     items: int
     rows: int
-    read_s: float  # iterating store.consensus_items alone
+    read_s: float  # iterating store.rated_asks alone
     export_s: float  # store.export.export(..., "grpo", ...)
 
 
@@ -178,9 +178,9 @@ def measure_export(url: str, backend: str, items: int, repeats: int, out_root: P
         runs = []
         for repeat in range(repeats):
             t0 = time.perf_counter()
-            count = sum(1 for _ in store.consensus_items(SYSTEM))
+            count = sum(1 for _ in store.rated_asks(SYSTEM))
             read_s = time.perf_counter() - t0
-            assert count == items, f"consensus_items gave {count} of {items} items"
+            assert count == items, f"rated_asks gave {count} of {items} items"
             out = out_root / f"{backend}-{repeat}"
             t0 = time.perf_counter()
             result = export(store, SYSTEM, "grpo", out)
@@ -324,7 +324,7 @@ def report(info: dict[str, str], write_runs: list[WriteRun], lock_runs: dict[tup
             f"{export_runs[0].items:,} consented answers, each with its own {IMAGE_SIZE[0]}×{IMAGE_SIZE[1]} image "
             "(random pixels, about 49 KB as PNG) and two agreeing annotations with a reference answer, exported with "
             "`store.export.export(store, Actor.system(), \"grpo\", out)` (one row per answer). \"Reading the items "
-            "alone\" iterates `Store.consensus_items` without writing anything. Medians over the runs.",
+            "alone\" iterates `Store.rated_asks` without writing anything. Medians over the runs.",
             "",
             *export_table(export_runs, backends),
             "",

@@ -259,7 +259,7 @@ class PurgeReport:
 
 
 @dataclass(frozen=True)
-class ConsensusItem:
+class RatedAsk:
     """An answer with its consensus and the votes behind it, as exports need it."""
 
     ask: AskView
@@ -496,7 +496,7 @@ class Store:
 
     # --- the annotation queue ---
 
-    def next_item(self, actor: Actor, filters: QueueFilter | None = None) -> AskView | None:
+    def next_ask(self, actor: Actor, filters: QueueFilter | None = None) -> AskView | None:
         """The consented answer that most needs a rating from this annotator: fewest ratings first, oldest first;
         only answers that match ``filters``."""
         require(actor, "annotator", "admin", to="work through the annotation queue")
@@ -562,7 +562,7 @@ class Store:
         )
         return _matching(query, filters).order_by(n, Ask.created_at, Ask.id)
 
-    def item(self, actor: Actor, ask_id: int) -> AskView:
+    def get_ask(self, actor: Actor, ask_id: int) -> AskView:
         require(actor, "annotator", "admin", to="open stored answers")
         with self.db.read() as s:
             return self._view(s, ask_id, actor)
@@ -761,13 +761,13 @@ class Store:
 
     # --- export ---
 
-    def consensus_items(self, actor: Actor, *, since: datetime | None = None,
-                        consented_only: bool = True) -> Iterator[ConsensusItem]:
+    def rated_asks(self, actor: Actor, *, since: datetime | None = None,
+                        consented_only: bool = True) -> Iterator[RatedAsk]:
         """Every stored answer (consented ones only, by default) with its votes and consensus, oldest first."""
         require(actor, "admin", to="export data")  # here, not in the generator: refused at the call, not later
         return self._consensus_items(since, consented_only)
 
-    def _consensus_items(self, since: datetime | None, consented_only: bool) -> Iterator[ConsensusItem]:
+    def _consensus_items(self, since: datetime | None, consented_only: bool) -> Iterator[RatedAsk]:
         with self.db.read() as s:
             ratings: dict[int, list[Rating]] = defaultdict(list)
             for rating in s.scalars(select(Rating).where(_still_counts()).order_by(Rating.id)):
@@ -779,7 +779,7 @@ class Store:
                     last_image = (ask.image_id, s.scalar(select(StoredImage.data).where(StoredImage.id == ask.image_id)))
                 rows = ratings.get(ask.id, [])
                 votes = [Vote(r.rater, r.source, r.verdict, r.reference_answer, r.decision, r.id) for r in rows]
-                yield ConsensusItem(ask=_ask_view(ask), image_png=last_image[1],
+                yield RatedAsk(ask=_ask_view(ask), image_png=last_image[1],
                                     votes=[_rating_view(r, True) for r in rows],
                                     consensus=consensus(votes, self.ratings_per_item))
 
@@ -921,7 +921,7 @@ def question_key(question: str) -> str:
 
 
 __all__ = [
-    "Actor", "AskView", "ConsensusItem", "Dashboard", "ModeStats", "NotFound", "PermissionDenied", "PurgeReport", "QueueFilter",
+    "Actor", "AskView", "RatedAsk", "Dashboard", "ModeStats", "NotFound", "PermissionDenied", "PurgeReport", "QueueFilter",
     "QueueModel", "QueueProgress", "RatingView", "Store", "StoreError", "StoreFailure", "StoreUnavailable", "VersionStats", "clean_json",
     "encode_png", "question_key", "require", "utcnow",
 ]

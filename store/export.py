@@ -28,7 +28,7 @@ from huggingface_hub import DatasetCardData
 from PIL import Image as PILImage
 
 from store import consensus as consensus_rule
-from store.api import Actor, ConsensusItem, RatingView, Store, encode_png, question_key, require
+from store.api import Actor, RatedAsk, RatingView, Store, encode_png, question_key, require
 from store.consensus import Vote, latest_per_rater, normalise
 from store.db import StoreError
 from store.publish import Draft, ExportError, check_out, new_version, resolve
@@ -149,7 +149,7 @@ def _build(store: Store, actor: Actor, fmt: str, draft: Draft, since: datetime |
     consented = store.count_asks(actor, since=since)
     builder: _Builder = BUILDERS[fmt](draft, store, actor)
     ticker = _Ticker(progress, consented * (2 if builder.two_passes else 1))
-    rows = builder.write(ticker.each(store.consensus_items(actor, since=since)), ticker)
+    rows = builder.write(ticker.each(store.rated_asks(actor, since=since)), ticker)
     skipped = Counter(builder.skipped)
     asked_since = store.count_asks(actor, consented_only=False, since=since)
     if asked_since > consented:
@@ -176,7 +176,7 @@ class _Ticker:
         self.total = self.done + more
         self._report()
 
-    def each(self, items: Iterable[ConsensusItem]) -> Iterator[ConsensusItem]:
+    def each(self, items: Iterable[RatedAsk]) -> Iterator[RatedAsk]:
         """``items``, one step as each is done with (when the next one is asked for)."""
         for item in items:
             yield item
@@ -202,7 +202,7 @@ class _Facts:
     newest_ask: datetime | None = None
     newest_rating: datetime | None = None
 
-    def add(self, item: ConsensusItem) -> None:
+    def add(self, item: RatedAsk) -> None:
         ask = item.ask
         self.asks += 1
         self.models[(ask.model_id, ask.model_revision)] += 1
@@ -228,17 +228,17 @@ class _Builder:
         self.skipped: Counter = Counter()
         self.facts = _Facts()
 
-    def write(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> int:
+    def write(self, items: Iterator[RatedAsk], ticker: _Ticker) -> int:
         """Write the files; returns the number of rows."""
         return _save_rows(self.draft, self.features, self.rows(items, ticker))
 
-    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+    def rows(self, items: Iterator[RatedAsk], ticker: _Ticker) -> Iterator[dict]:
         raise NotImplementedError
 
     def card_details(self) -> str:
         return ""
 
-    def _with_episode(self, item: ConsensusItem, **columns: object) -> dict | None:
+    def _with_episode(self, item: RatedAsk, **columns: object) -> dict | None:
         """A preference row: ``columns`` with the prompt and images of the episode up to the model's final turn;
         None (skipped) when the stored turns cannot be replayed."""
         episode = replay(item)
@@ -283,9 +283,9 @@ class _GrpoBuilder(_Builder):
 
     def __init__(self, draft: Draft, store: Store, actor: Actor) -> None:
         super().__init__(draft, store, actor)
-        self.pairs: dict[tuple[str, str], list[tuple[ConsensusItem, str]]] = defaultdict(list)
+        self.pairs: dict[tuple[str, str], list[tuple[RatedAsk, str]]] = defaultdict(list)
 
-    def add(self, item: ConsensusItem) -> None:
+    def add(self, item: RatedAsk) -> None:
         agreed = item.consensus
         if agreed.disputed:
             self.skipped["disputed"] += 1
@@ -298,7 +298,7 @@ class _GrpoBuilder(_Builder):
             self.skipped["no_reference"] += 1
             return
         # Keep only what the row needs: the image is read again when the row is written.
-        slim = ConsensusItem(ask=item.ask, image_png=b"", votes=item.votes, consensus=agreed)
+        slim = RatedAsk(ask=item.ask, image_png=b"", votes=item.votes, consensus=agreed)
         self.pairs[(item.ask.image_sha256, question_key(item.ask.question))].append((slim, reference))
 
     def card_details(self) -> str:
@@ -309,7 +309,7 @@ class _GrpoBuilder(_Builder):
             "question and reference spelling. `needs_high_res` is the label every labelled answer agrees on."
         )
 
-    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+    def rows(self, items: Iterator[RatedAsk], ticker: _Ticker) -> Iterator[dict]:
         for item in items:  # the first pass: group the answers by image and question
             self.add(item)
         ticker.expect(len(self.pairs))
@@ -357,7 +357,7 @@ class _KtoBuilder(_Builder):
         super().__init__(draft, store, actor)
         self.sources: Counter = Counter()
 
-    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+    def rows(self, items: Iterator[RatedAsk], ticker: _Ticker) -> Iterator[dict]:
         for item in items:
             label, source = self._label(item)
             if label is None:
@@ -370,7 +370,7 @@ class _KtoBuilder(_Builder):
                 yield row
 
     @staticmethod
-    def _label(item: ConsensusItem) -> tuple[bool | None, str]:
+    def _label(item: RatedAsk) -> tuple[bool | None, str]:
         agreed = item.consensus
         if agreed.complete:
             return agreed.verdict == "correct", "consensus"
@@ -405,7 +405,7 @@ class _DpoBuilder(_Builder):
     loading = _HF_LOADING
     features = DPO_FEATURES
 
-    def rows(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> Iterator[dict]:
+    def rows(self, items: Iterator[RatedAsk], ticker: _Ticker) -> Iterator[dict]:
         for item in items:
             reason = self._skip_reason(item)
             if reason is not None:
@@ -422,7 +422,7 @@ class _DpoBuilder(_Builder):
                 yield row
 
     @staticmethod
-    def _skip_reason(item: ConsensusItem) -> str | None:
+    def _skip_reason(item: RatedAsk) -> str | None:
         agreed = item.consensus
         if agreed.disputed:
             return "disputed"
@@ -439,7 +439,7 @@ class _DpoBuilder(_Builder):
         return None
 
     @staticmethod
-    def _corrected(item: ConsensusItem) -> str:
+    def _corrected(item: RatedAsk) -> str:
         reference = item.consensus.reference_answer or ""
         if protocol.last_boxed(item.ask.answer or "") is not None and protocol.last_boxed(reference) is None:
             return f"\\boxed{{{reference}}}"
@@ -488,7 +488,7 @@ png = (folder / items[0]["image"]["file"]).read_bytes()
         self.images: set[str] = set()
         self.ratings = 0
 
-    def write(self, items: Iterator[ConsensusItem], ticker: _Ticker) -> int:
+    def write(self, items: Iterator[RatedAsk], ticker: _Ticker) -> int:
         folder = self.draft.folder
         (folder / "images").mkdir()
         with (folder / "items.jsonl").open("w", encoding="utf-8", newline="\n") as lines:
@@ -496,7 +496,7 @@ png = (folder / items[0]["image"]["file"]).read_bytes()
                 lines.write(json.dumps(self._record(item), ensure_ascii=False, sort_keys=True) + "\n")
         return self.facts.asks
 
-    def _record(self, item: ConsensusItem) -> dict:
+    def _record(self, item: RatedAsk) -> dict:
         """One stored answer with its ratings; its image is written beside the first time it is named."""
         ask = item.ask
         image = f"images/{ask.image_sha256}.png"
@@ -535,7 +535,7 @@ BUILDERS: dict[str, type[_Builder]] = {"grpo": _GrpoBuilder, "kto": _KtoBuilder,
 # --- Rows ------------------------------------------------------------------------------------------------------
 
 
-def replay(item: ConsensusItem) -> tuple[list[dict], list[bytes]] | None:
+def replay(item: RatedAsk) -> tuple[list[dict], list[bytes]] | None:
     """The messages the model saw before its final turn (TRL's conversational form) and its images, as PNGs.
 
     Rebuilt from the stored turns the way ``visionthink.engine`` ran the episode; None when they cannot be.

@@ -98,7 +98,7 @@ def annotate(store, truth: dict) -> int:
     ratings = 0
     for name in ANNOTATORS:
         annotator = Actor(name, "annotator")
-        while (view := store.next_item(annotator)) is not None:
+        while (view := store.next_ask(annotator)) is not None:
             item = truth[view.image_sha256]
             right = (view.answer or "").strip().lower() == item.answer
             store.rate(annotator, view.id, verdict="correct" if right else "incorrect", reference_answer=item.answer,

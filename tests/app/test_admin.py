@@ -150,7 +150,7 @@ def test_a_dispute_opens_prefilled_and_resolving_moves_to_the_next(dispute_studi
     assert f"Item #{tied}" in after["header"]
     assert (after["verdict"], after["decision"], after["reference"]) == (None, None, "")
     with store_at(db) as store:
-        agreed_now = store.item(Actor.system(), most).consensus
+        agreed_now = store.get_ask(Actor.system(), most).consensus
         assert (agreed_now.resolved, agreed_now.verdict, agreed_now.reference_answer, agreed_now.needs_high_res) == (
             True, "incorrect", "q3.", True)
 
@@ -162,7 +162,7 @@ def test_a_dispute_opens_prefilled_and_resolving_moves_to_the_next(dispute_studi
     assert (last["verdict"], last["reference"], last["header"]) == (None, "", "")
     with store_at(db) as store:
         assert store.disputed(Actor.system()) == []
-        assert store.item(Actor.system(), tied).consensus.verdict == "correct"
+        assert store.get_ask(Actor.system(), tied).consensus.verdict == "correct"
 
 
 def test_resolving_needs_a_verdict_and_an_admin(dispute_studio) -> None:

@@ -115,7 +115,7 @@ def test_admin_resolves_disputes_from_their_detail_view(studio) -> None:
         expect(header).to_contain_text(f"Item #{tied} ")
         expect_form(page, None, None, "")
         with store_at(db) as store:
-            resolved = store.item(Actor.system(), most).consensus
+            resolved = store.get_ask(Actor.system(), most).consensus
             assert (resolved.resolved, resolved.verdict, resolved.reference_answer, resolved.needs_high_res) == (
                 True, "incorrect", "q3.", True)
 
@@ -128,7 +128,7 @@ def test_admin_resolves_disputes_from_their_detail_view(studio) -> None:
         expect(page.locator("#vt-dispute").first).to_be_hidden()
         with store_at(db) as store:
             assert store.disputed(Actor.system()) == []
-            final = store.item(Actor.system(), tied).consensus
+            final = store.get_ask(Actor.system(), tied).consensus
             assert (final.verdict, final.reference_answer, final.needs_high_res) == ("correct", "44.6", None)
 
 

@@ -214,8 +214,8 @@ def test_back_then_undo_from_the_page(studio) -> None:
         page.keyboard.press("1")
         expect(message).to_contain_text(f"Saved: #{first} is correct. Your new rating replaces the earlier one.")
         expect_item(page, second)
-        assert store.item(ANN, first).consensus.raters == 1
-        assert [(r.verdict, r.decision) for r in store.item(ANN, first).ratings][-1] == ("correct", "unsure")
+        assert store.get_ask(ANN, first).consensus.raters == 1
+        assert [(r.verdict, r.decision) for r in store.get_ask(ANN, first).ratings][-1] == ("correct", "unsure")
 
         # Back again, then Undo: a withdrawal is added and the item comes back to be rated afresh.
         page.locator("#vt-back").click()
@@ -229,15 +229,15 @@ def test_back_then_undo_from_the_page(studio) -> None:
         expect(reference).to_have_value("44.6")  # the model's answer again
         expect(page.locator("#vt-decision input[value=unsure]")).not_to_be_checked()
         assert my_verdicts(store, first) == ["incorrect", "correct", "withdrawn"]
-        assert store.item(ANN, first).ratings == [] and store.item(ANN, first).consensus.raters == 0
-        assert store.next_item(ANN).id == first
+        assert store.get_ask(ANN, first).ratings == [] and store.get_ask(ANN, first).consensus.raters == 0
+        assert store.next_ask(ANN).id == first
 
         # Nothing is left to go back to; a new rating counts again.
         page.locator("#vt-back").click()
         expect(message).to_contain_text("There is no rating of yours yet to go back to.")
         page.locator("#vt-verdict-unsure").click()
         expect(message).to_contain_text(f"Saved: #{first} is unsure.")
-        assert store.item(ANN, first).consensus.raters == 1
+        assert store.get_ask(ANN, first).consensus.raters == 1
 
 
 def test_filters_narrow_the_queue(studio) -> None:

@@ -77,7 +77,7 @@ def upload(page: Page, image: Path, question: str | None = None) -> None:
 def stored(db: str) -> list:
     store = Store(db, upgrade=False)
     try:
-        return [i.ask for i in store.consensus_items(Actor.system(), consented_only=False)]
+        return [i.ask for i in store.rated_asks(Actor.system(), consented_only=False)]
     finally:
         store.close()
 
@@ -118,7 +118,7 @@ def test_compare_shows_three_columns_and_stores_three_linked_answers(studio, cha
     store = Store(db, upgrade=False)
     try:
         verdicts = {i.ask.mode: [(v.verdict, v.decision) for v in i.votes]
-                    for i in store.consensus_items(Actor.system(), consented_only=False)
+                    for i in store.rated_asks(Actor.system(), consented_only=False)
                     if i.ask.question == "How do the modes differ?"}
     finally:
         store.close()

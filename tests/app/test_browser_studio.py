@@ -115,7 +115,7 @@ def assert_inert(page: Page) -> None:
 def annotations(db_url: str, item: int) -> list[tuple]:
     store = Store(db_url, upgrade=False)
     try:
-        view = store.item(Actor.system(), item)
+        view = store.get_ask(Actor.system(), item)
     finally:
         store.close()
     return [(r.rater, r.verdict, r.decision, r.reference_answer) for r in view.ratings if r.source == "annotation"]
@@ -239,7 +239,7 @@ def test_admin_sees_the_admin_tab_and_disagreements_as_text(xss_studio, chart: P
         ask(page, chart, f"Disputed? {XSS}")
         store = Store(db, upgrade=False)
         try:
-            item = max(v.ask.id for v in store.consensus_items(Actor.system(), consented_only=False))
+            item = max(v.ask.id for v in store.rated_asks(Actor.system(), consented_only=False))
             store.rate(Actor("ann", "annotator"), item, verdict="correct", reference_answer="yes")
             store.rate(Actor("ada", "annotator"), item, verdict="incorrect", reference_answer=XSS)
         finally:

@@ -22,7 +22,7 @@ def studio(tiny_model_dir, tmp_path_factory) -> Iterator[tuple[str, str]]:
 def stored(db: str):
     store = Store(db, upgrade=False)
     try:
-        return list(store.consensus_items(Actor.system(), consented_only=False))
+        return list(store.rated_asks(Actor.system(), consented_only=False))
     finally:
         store.close()
 

@@ -45,7 +45,7 @@ def sign_in(http: httpx.Client, url: str, name: str, password: str) -> httpx.Res
 def stored_questions(db: str) -> list[str]:
     store = Store(db, upgrade=False)
     try:
-        return [i.ask.question for i in store.consensus_items(Actor.system(), consented_only=False)]
+        return [i.ask.question for i in store.rated_asks(Actor.system(), consented_only=False)]
     finally:
         store.close()
 
@@ -448,7 +448,7 @@ def test_nul_bytes_are_stored_on_postgresql(pg_studio, chart):
     assert "Saved: #" in after[1]
     store = Store(db, upgrade=False)
     try:
-        item = next(i for i in store.consensus_items(Actor.system()) if i.ask.question.startswith("Nul"))
+        item = next(i for i in store.rated_asks(Actor.system()) if i.ask.question.startswith("Nul"))
         assert item.ask.question == "Nul here?"
         values = {(v.source, v.reference_answer, v.comment) for v in item.votes}
         assert ("thumbs", "44.6", "") in values and ("annotation", "44.6", "odd comment") in values

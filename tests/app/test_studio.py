@@ -44,7 +44,7 @@ def test_public_page_asks_and_stores_but_offers_nothing_else(studio, chart):
     refused = public.predict("", None, api_name="/rate_correct")
     assert "sign in to rate" in refused
     store = Store(db, upgrade=False)
-    stored = [i.ask for i in store.consensus_items(Actor.system(), consented_only=False)]
+    stored = [i.ask for i in store.rated_asks(Actor.system(), consented_only=False)]
     mine = [a for a in stored if a.question == "Public question?"]
     assert len(mine) == 1 and mine[0].consent is False and mine[0].requested_high_res is True
     assert mine[0].tokens.used == 240 and mine[0].model_id == "tiny-forced"
@@ -79,11 +79,11 @@ def test_annotator_rates_from_ask_and_works_the_queue(studio, chart):
     after = ann.predict("44.6", "needed_full", "clear after zoom", api_name="/annotate_correct")
     assert f"Saved: #{item} is correct." in after[1]
     store = Store(db, upgrade=False)
-    view = store.item(Actor.system(), item)
+    view = store.get_ask(Actor.system(), item)
     mine = [r for r in view.ratings if r.rater == "ann" and r.source == "annotation"]
     assert [(r.verdict, r.reference_answer, r.decision, r.comment) for r in mine] == [
         ("correct", "44.6", "needed_full", "clear after zoom")]
-    thumbs = [r for r in store.item(Actor.system(), view.id).ratings if r.source == "thumbs"]
+    thumbs = [r for r in store.get_ask(Actor.system(), view.id).ratings if r.source == "thumbs"]
     assert all(r.rater == "ann" for r in thumbs)
     store.close()
 
@@ -115,7 +115,7 @@ def test_admin_resolves_and_exports(studio, chart, tmp_path):
     root = login(url, "root")
     ask(root, chart, "Which quarter is highest?")
     store = Store(db, upgrade=False)
-    target = max(i.ask.id for i in store.consensus_items(Actor.system()))
+    target = max(i.ask.id for i in store.rated_asks(Actor.system()))
     store.rate(Actor("ada", "annotator"), target, verdict="correct", reference_answer="Q4")
     store.rate(Actor("ann", "annotator"), target, verdict="incorrect", reference_answer="Q3")
     assert target in [v.id for v in store.disputed(Actor.system())]
@@ -123,7 +123,7 @@ def test_admin_resolves_and_exports(studio, chart, tmp_path):
                                                       api_name="/resolve")
     assert f"Item #{target} is resolved" in resolved
     assert target not in [row[0] for row in disputes["data"]]
-    assert store.item(Actor.system(), target).consensus.reference_answer == "Q3"
+    assert store.get_ask(Actor.system(), target).consensus.reference_answer == "Q3"
 
     message, archive, _report = root.predict("grpo", "", api_name="/export")
     assert "Exported" in message

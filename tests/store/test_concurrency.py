@@ -51,7 +51,7 @@ def test_32_writers_store_exactly_1600_ratings(store: Store) -> None:
     ids = [rating_id for batch in run_together(WRITERS, write) for rating_id in batch]
     assert len(ids) == len(set(ids)) == WRITERS * RATINGS_EACH
 
-    items = list(store.consensus_items(Actor.system()))
+    items = list(store.rated_asks(Actor.system()))
     stored = [(vote.rater, vote.comment, vote.ask_id, vote.id) for item in items for vote in item.votes]
     assert len(stored) == WRITERS * RATINGS_EACH == store.dashboard(Actor.system()).ratings
     assert {row[3] for row in stored} == set(ids)
@@ -71,7 +71,7 @@ def test_concurrent_records_of_the_same_image_store_it_once(store: Store) -> Non
 
     asks = run_together(threads, record)
     assert len(set(asks)) == threads
-    assert len({store.item(Actor.system(), ask).image_sha256 for ask in asks}) == 1
+    assert len({store.get_ask(Actor.system(), ask).image_sha256 for ask in asks}) == 1
     assert _count(store, StoredImage) == 1 and _count(store, ModelVersion) == 1
 
 
@@ -136,7 +136,7 @@ def test_a_record_that_loses_the_insert_race_uses_the_winners_row(store: Store, 
     ask = lose_insert_race(store, winner, lambda: store.record(build_answer(model="org/race"), image,
                                                                Actor.anonymous("s"), consent=True))
     assert _count(store, StoredImage) == 1 and _count(store, ModelVersion) == 1
-    view = store.item(Actor.system(), ask)
+    view = store.get_ask(Actor.system(), ask)
     assert (view.model_id, view.image_sha256) == ("org/race", sha)
 
 
@@ -146,7 +146,7 @@ def test_a_skip_that_loses_the_insert_race_is_still_one_skip(store: Store) -> No
     bob = Actor("bob", "annotator")
     lose_insert_race(store, Skip(ask_id=ask, rater="bob"), lambda: store.skip(bob, ask))
     assert _count(store, Skip) == 1
-    assert store.next_item(bob) is None
+    assert store.next_ask(bob) is None
 
 
 def test_sync_users_that_loses_the_insert_race_still_applies_the_roles(store: Store) -> None:

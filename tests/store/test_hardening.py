@@ -63,7 +63,7 @@ def test_thumbs_rate_only_the_raters_own_answers(make_store) -> None:
     # Annotations and resolutions of other people's answers are what annotators and admins are for.
     store.rate(BOB, theirs, verdict="correct")
     store.resolve(ADMIN, theirs, verdict="incorrect", reference_answer="no", decision=None)
-    assert [(r.rater, r.source) for a in (mine, vics, theirs) for r in store.item(ADMIN, a).ratings] == [
+    assert [(r.rater, r.source) for a in (mine, vics, theirs) for r in store.get_ask(ADMIN, a).ratings] == [
         ("anon:session-1", "thumbs"), ("vic", "thumbs"), ("bob", "annotation"), ("ann", "resolution")]
 
 
@@ -102,7 +102,7 @@ def test_every_stored_text_is_cleaned_and_reads_back(make_store, tmp_path, bad: 
     store.record_judgement(admin, ask, dirty("judge"), 1, dirty("47"))
 
     assert store.users() == [(clean("ann"), "admin"), (clean("bob"), "annotator")]
-    view = store.item(admin, ask)
+    view = store.get_ask(admin, ask)
     assert (view.question, view.answer, view.model_id, view.model_revision, view.consent) == (
         clean("How many?"), clean("44.6"), clean("org/model"), clean("r1"), True)
     assert view.turns[0].turn.think == clean("Too small.")
@@ -118,7 +118,7 @@ def test_every_stored_text_is_cleaned_and_reads_back(make_store, tmp_path, bad: 
         assert s.execute(select(Judgement.judge, Judgement.reference_answer)).one() == (clean("judge"), clean("47"))
         assert s.scalar(select(Skip.rater)) == clean("bob")
     assert store.judge_targets(admin, dirty("judge")) == []  # the judge is found again under its dirty name
-    assert store.next_item(bob) is None and store.progress(bob).done == 1
+    assert store.next_ask(bob) is None and store.progress(bob).done == 1
     assert [a.judge for a in store.dashboard(admin).agreement] == [clean("judge")]
 
     result = export(store, admin, "jsonl", tmp_path / "out")
@@ -159,7 +159,7 @@ def test_an_unreachable_database_is_told_without_its_address(unreachable, caplog
         "read": lambda: store.users(),
         "write": lambda: record(store),
         "dashboard": lambda: store.dashboard(ADMIN),
-        "export": lambda: list(store.consensus_items(ADMIN)),
+        "export": lambda: list(store.rated_asks(ADMIN)),
     }
     try:
         for name, call in calls.items():

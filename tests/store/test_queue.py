@@ -71,16 +71,16 @@ def test_filters_narrow_the_queue_in_the_database(store: Store, mixed: dict[str,
                                                                          mixed["high"]]
     both = QueueFilter(model_version=general, mode="auto", requested_high_res=True)
     assert queue(store, BOB, both) == [mixed["auto_full"]]
-    assert store.next_item(BOB, both).id == mixed["auto_full"]
+    assert store.next_ask(BOB, both).id == mixed["auto_full"]
     assert store.progress(BOB, both) == QueueProgress(done=0, left=1)
-    assert store.next_item(BOB, QueueFilter(mode="high")).id == mixed["high"]
+    assert store.next_ask(BOB, QueueFilter(mode="high")).id == mixed["high"]
 
     # Rated items leave the filtered queue too; nothing matching is None, not an unfiltered item.
     store.rate(BOB, mixed["auto_full"], verdict="correct")
-    assert store.next_item(BOB, both) is None
+    assert store.next_ask(BOB, both) is None
     assert store.progress(BOB, both) == QueueProgress(done=1, left=0)
     assert store.progress(BOB) == QueueProgress(done=1, left=4)
-    assert store.next_item(BOB).id == mixed["auto_quarter"]
+    assert store.next_ask(BOB).id == mixed["auto_quarter"]
 
 
 def test_filters_refuse_an_unknown_mode_and_only_annotators_list_models(store: Store, mixed) -> None:
@@ -113,7 +113,7 @@ def test_progress_says_which_item_of_how_many(store: Store) -> None:
     store.withdraw(BOB, a2)  # undone: back to do, so the position goes back and the total stays
     undone = store.progress(BOB)
     assert (undone.done, undone.left, undone.position, undone.total) == (1, 2, 2, 3)
-    assert store.next_item(BOB).id == a2
+    assert store.next_ask(BOB).id == a2
 
 
 def test_progress_counts_what_was_done_since_the_session_started(store: Store) -> None:
@@ -163,7 +163,7 @@ def test_undo_appends_a_withdrawal_and_returns_the_item_to_the_queue(store: Stor
         store.withdraw(BOB, ask)
     store.rate(BOB, ask, verdict="correct", reference_answer="44.6")
     store.rate(BOB, ask, verdict="incorrect", reference_answer="46.4")
-    assert store.next_item(BOB) is None
+    assert store.next_ask(BOB) is None
     rows = rating_rows(store)
 
     store.withdraw(BOB, ask)
@@ -171,8 +171,8 @@ def test_undo_appends_a_withdrawal_and_returns_the_item_to_the_queue(store: Stor
     with store.db.read() as s:
         assert list(s.scalars(select(Rating.verdict).where(Rating.ask_id == ask).order_by(Rating.id))) == [
             "correct", "incorrect", WITHDRAWN]
-    assert store.next_item(BOB).id == ask  # back in the queue, and neither earlier rating came back
-    assert store.item(BOB, ask).ratings == []
+    assert store.next_ask(BOB).id == ask  # back in the queue, and neither earlier rating came back
+    assert store.get_ask(BOB, ask).ratings == []
     with pytest.raises(StoreError, match="no rating of"):
         store.withdraw(BOB, ask)  # nothing left to undo
     with pytest.raises(PermissionDenied):
@@ -183,26 +183,26 @@ def test_a_withdrawn_rating_counts_nowhere_and_a_later_rating_counts_again(store
     ask = record(store, 0)
     store.rate(BOB, ask, verdict="correct", reference_answer="44.6", decision="needed_full")
     store.rate(CAROL, ask, verdict="correct", reference_answer="44.6", decision="needed_full")
-    agreed = store.item(ADMIN, ask).consensus
+    agreed = store.get_ask(ADMIN, ask).consensus
     assert (agreed.raters, agreed.verdict, agreed.needs_high_res) == (2, "correct", True)
     board = store.dashboard(ADMIN)
     assert (board.rated, board.ratings) == (1, 2)
-    assert store.next_item(BOB) is None and store.next_item(Actor("dave", "annotator")) is None
+    assert store.next_ask(BOB) is None and store.next_ask(Actor("dave", "annotator")) is None
 
     store.withdraw(BOB, ask)
     # The consensus: only Carol counts, one rating of two.
-    agreed = store.item(ADMIN, ask).consensus
+    agreed = store.get_ask(ADMIN, ask).consensus
     assert (agreed.raters, agreed.verdict, agreed.needs_high_res, agreed.complete) == (1, None, None, False)
     # The queue: back for Bob, and open again for others (it needs two raters).
-    assert store.next_item(BOB).id == ask
-    assert store.next_item(Actor("dave", "annotator")).id == ask
+    assert store.next_ask(BOB).id == ask
+    assert store.next_ask(Actor("dave", "annotator")).id == ask
     # The dashboard: neither the withdrawn rating nor the withdrawal is a rating.
     board = store.dashboard(ADMIN)
     assert (board.rated, board.ratings) == (1, 1)
     assert [(r.rater, r.verdict) for r in board.latest] == [("carol", "correct")]
     assert [(a.rater, a.ratings) for a in board.annotators] == [("carol", 1)]
     # Exports: the votes behind an item leave both out, and so does the audit dump.
-    item = next(store.consensus_items(SYSTEM))
+    item = next(store.rated_asks(SYSTEM))
     assert [(v.rater, v.verdict) for v in item.votes] == [("carol", "correct")]
     assert not item.consensus.complete
     audit = export(store, SYSTEM, "jsonl", tmp_path / "audit")
@@ -213,9 +213,9 @@ def test_a_withdrawn_rating_counts_nowhere_and_a_later_rating_counts_again(store
 
     # Rating again counts again, everywhere.
     store.rate(BOB, ask, verdict="correct", reference_answer="44.6", decision="needed_full")
-    agreed = store.item(ADMIN, ask).consensus
+    agreed = store.get_ask(ADMIN, ask).consensus
     assert (agreed.raters, agreed.verdict, agreed.complete) == (2, "correct", True)
-    assert store.next_item(BOB) is None
+    assert store.next_ask(BOB) is None
     assert store.dashboard(ADMIN).ratings == 2
     assert export(store, SYSTEM, "grpo", tmp_path / "grpo").rows == 1
 
@@ -229,7 +229,7 @@ def test_withdrawing_ends_a_dispute_it_caused(store: Store) -> None:
     store.withdraw(BOB, ask)
     assert store.disputed(ADMIN) == []
     assert store.dashboard(ADMIN).disputed == 0
-    assert [(r.rater, r.verdict) for r in store.item(ADMIN, ask).ratings] == [("carol", "incorrect")]
+    assert [(r.rater, r.verdict) for r in store.get_ask(ADMIN, ask).ratings] == [("carol", "incorrect")]
 
 
 def test_a_withdrawal_takes_back_annotations_only(store: Store) -> None:
@@ -238,5 +238,5 @@ def test_a_withdrawal_takes_back_annotations_only(store: Store) -> None:
     store.rate(BOB, ask, verdict="incorrect", source="thumbs")
     store.rate(BOB, ask, verdict="correct")
     store.withdraw(BOB, ask)
-    assert [(r.source, r.verdict) for r in store.item(BOB, ask).ratings] == [("thumbs", "incorrect")]
+    assert [(r.source, r.verdict) for r in store.get_ask(BOB, ask).ratings] == [("thumbs", "incorrect")]
     assert store.dashboard(ADMIN).ratings == 1

@@ -71,7 +71,7 @@ def test_a_purge_deletes_old_unconsented_answers_and_the_images_left_unused(stor
     store.rate(BOB, fresh, verdict="incorrect")
     store.skip(DAVE, kept_shared)
     store.record_judgement(SYSTEM, kept, "rule", 1, "44.6")
-    staying = {ask: store.item(SYSTEM, ask) for ask in (kept_shared, fresh, kept)}
+    staying = {ask: store.get_ask(SYSTEM, ask) for ask in (kept_shared, fresh, kept)}
     kept_rows = row_counts(store)
 
     report = store.purge_unconsented(SYSTEM, older_than=month_ago())
@@ -79,7 +79,7 @@ def test_a_purge_deletes_old_unconsented_answers_and_the_images_left_unused(stor
     assert report == PurgeReport(asks=3, ratings=2, skips=1, judgements=1, images=1,
                                  image_bytes=len(encode_png(alone)))
     assert ids(store, Ask) == {kept_shared, fresh, kept}
-    assert {ask: store.item(SYSTEM, ask) for ask in staying} == staying  # untouched, ratings and all
+    assert {ask: store.get_ask(SYSTEM, ask) for ask in staying} == staying  # untouched, ratings and all
     assert row_counts(store) == {**kept_rows, "asks": 3, "ratings": 3, "skips": 1, "judgements": 1, "images": 3}
     with pytest.raises(NotFound, match="no stored image"):
         store.image_png(SYSTEM, hashlib.sha256(encode_png(alone)).hexdigest())
@@ -89,13 +89,13 @@ def test_a_purge_deletes_old_unconsented_answers_and_the_images_left_unused(stor
         store.rate(BOB, purged_alone, verdict="correct")
 
     # Everything else still works.
-    assert store.next_item(Actor("erin", "annotator")).id == kept_shared
-    assert store.next_item(DAVE) is None  # skipped kept_shared; kept has its two raters
+    assert store.next_ask(Actor("erin", "annotator")).id == kept_shared
+    assert store.next_ask(DAVE) is None  # skipped kept_shared; kept has its two raters
     assert store.progress(BOB).left == 1
     board = store.dashboard(SYSTEM)
     assert (board.asks, board.consented, board.ratings) == (3, 2, 3)
     assert [a.items for a in board.agreement] == [1]
-    assert [item.ask.id for item in store.consensus_items(SYSTEM)] == [kept_shared, kept]
+    assert [item.ask.id for item in store.rated_asks(SYSTEM)] == [kept_shared, kept]
     result = export(store, SYSTEM, "jsonl", tmp_path / "out")
     assert result.rows == 2 and result.skipped.get("no_consent") == 1
     lines = (result.path / "items.jsonl").read_text(encoding="utf-8").splitlines()
@@ -184,4 +184,4 @@ def test_an_image_asked_about_again_during_a_purge_stays(store: Store, monkeypat
     purger.join(timeout=30)
     assert outcome and outcome[0].asks == 1 and outcome[0].images == 0
     assert ids(store, Ask) == {new}
-    assert store.image_png(SYSTEM, store.item(SYSTEM, new).image_sha256) == encode_png(image)
+    assert store.image_png(SYSTEM, store.get_ask(SYSTEM, new).image_sha256) == encode_png(image)

@@ -68,7 +68,7 @@ def test_the_schema_comes_from_alembic_and_upgrading_again_changes_nothing(make_
     with again.db.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
     assert row_counts(again) == before
-    assert again.item(ADMIN, ask).question == build_answer().question
+    assert again.get_ask(ADMIN, ask).question == build_answer().question
 
 
 def test_a_store_needs_at_least_one_rating_per_item(store_url: str) -> None:
@@ -117,7 +117,7 @@ def test_record_stores_the_image_once_per_content_as_a_png_without_metadata(stor
                           consent=False)
     third = store.record(build_answer("third question"), sample_image(2), ANON, consent=True)
 
-    views = [store.item(ADMIN, ask) for ask in (first, second, third)]
+    views = [store.get_ask(ADMIN, ask) for ask in (first, second, third)]
     assert views[0].image_sha256 == views[1].image_sha256 != views[2].image_sha256
     assert views[0].image_size == (64, 48)
     assert row_counts(store)["images"] == 2 and row_counts(store)["asks"] == 3
@@ -132,7 +132,7 @@ def test_record_stores_the_image_once_per_content_as_a_png_without_metadata(stor
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L"])
 def test_other_image_modes_are_stored_clean_too(store: Store, mode: str) -> None:
     upload = _with_metadata(sample_image(3).convert(mode), "PNG", "x")
-    sha = store.item(ADMIN, store.record(build_answer(), upload, ANON, consent=True)).image_sha256
+    sha = store.get_ask(ADMIN, store.record(build_answer(), upload, ANON, consent=True)).image_sha256
     stored = _assert_clean_png(store.image_png(ADMIN, sha))
     expected = upload if mode == "L" else upload.convert("RGB")
     assert np.array_equal(np.asarray(stored), np.asarray(expected))
@@ -140,7 +140,7 @@ def test_other_image_modes_are_stored_clean_too(store: Store, mode: str) -> None
 
 def test_a_jpeg_upload_is_stored_as_a_clean_png_of_its_decoded_pixels(store: Store) -> None:
     upload = _with_metadata(sample_image(4), "JPEG", "holiday")
-    sha = store.item(ADMIN, store.record(build_answer(), upload, ANON, consent=True)).image_sha256
+    sha = store.get_ask(ADMIN, store.record(build_answer(), upload, ANON, consent=True)).image_sha256
     stored = _assert_clean_png(store.image_png(ADMIN, sha))
     assert np.array_equal(np.asarray(stored), np.asarray(upload.convert("RGB")))
 
@@ -148,7 +148,7 @@ def test_a_jpeg_upload_is_stored_as_a_clean_png_of_its_decoded_pixels(store: Sto
 def test_record_keeps_the_whole_answer(store: Store) -> None:
     answer = build_answer("How many cars?", answer="3", low_res=100, full_res=400, latency_s=2.25)
     ask = store.record(answer, sample_image(), BOB, consent=True, revision="r1", source="local")
-    view = store.item(ADMIN, ask)
+    view = store.get_ask(ADMIN, ask)
     assert (view.question, view.answer, view.mode, view.requested_high_res, view.stop_reason) == (
         "How many cars?", "3", "auto", True, "answer")
     assert (view.model_id, view.model_revision, view.latency_s, view.consent) == (answer.model, "r1", 2.25, True)
@@ -175,11 +175,11 @@ def test_consent_is_changed_by_the_asker_or_an_admin_only(store: Store) -> None:
     ask = record(store, by=BOB, consent=False)
     with pytest.raises(PermissionDenied, match="person who asked"):
         store.set_consent(CAROL, ask, True)
-    assert store.item(ADMIN, ask).consent is False
+    assert store.get_ask(ADMIN, ask).consent is False
     store.set_consent(BOB, ask, True)
-    assert store.item(ADMIN, ask).consent is True
+    assert store.get_ask(ADMIN, ask).consent is True
     store.set_consent(ADMIN, ask, False)
-    assert store.item(ADMIN, ask).consent is False
+    assert store.get_ask(ADMIN, ask).consent is False
     with pytest.raises(NotFound, match="#9999"):
         store.set_consent(ADMIN, 9999, True)
 
@@ -210,7 +210,7 @@ def test_ratings_are_append_only_and_a_later_one_supersedes(make_store) -> None:
     second = store.rate(BOB, ask, verdict="correct", decision="low_enough")
     assert second > first
 
-    view = store.item(ADMIN, ask)
+    view = store.get_ask(ADMIN, ask)
     assert [(r.id, r.verdict, r.reference_answer, r.decision, r.comment) for r in view.ratings] == [
         (first, "incorrect", "46.4", "needed_full", "too small"), (second, "correct", None, "low_enough", "")]
     assert (view.consensus.raters, view.consensus.verdict, view.consensus.needs_high_res) == (1, "correct", False)
@@ -218,8 +218,8 @@ def test_ratings_are_append_only_and_a_later_one_supersedes(make_store) -> None:
 
     store.rate(CAROL, ask, verdict="correct")
     # Annotators see their own ratings only; admins see everyone's.
-    assert {r.rater for r in store.item(BOB, ask).ratings} == {"bob"}
-    assert {r.rater for r in store.item(ADMIN, ask).ratings} == {"bob", "carol"}
+    assert {r.rater for r in store.get_ask(BOB, ask).ratings} == {"bob"}
+    assert {r.rater for r in store.get_ask(ADMIN, ask).ratings} == {"bob", "carol"}
 
 
 def test_rating_an_unknown_answer_is_not_found(store: Store) -> None:
@@ -228,7 +228,7 @@ def test_rating_an_unknown_answer_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound, match="#4242"):
         store.skip(BOB, 4242)
     with pytest.raises(NotFound, match="#4242"):
-        store.item(BOB, 4242)
+        store.get_ask(BOB, 4242)
     with pytest.raises(NotFound, match="no stored image"):
         store.image_png(BOB, "0" * 64)
     assert row_counts(store)["ratings"] == row_counts(store)["skips"] == 0
@@ -266,15 +266,15 @@ def test_bad_ratings_are_refused_with_a_clear_message_and_nothing_is_written(sto
 
 def test_the_queue_gives_fewest_ratings_first_then_oldest(store: Store) -> None:
     a1, a2, a3 = (record(store, seed) for seed in range(3))
-    assert store.next_item(BOB).id == a1
+    assert store.next_ask(BOB).id == a1
     store.rate(BOB, a1, verdict="correct")
     # a1 has a rating now: the unrated ones come first, oldest first.
-    assert store.next_item(CAROL).id == a2
+    assert store.next_ask(CAROL).id == a2
     store.rate(DAVE, a2, verdict="correct")
-    assert store.next_item(CAROL).id == a3
+    assert store.next_ask(CAROL).id == a3
     store.rate(DAVE, a3, verdict="correct")
     # All have one rating: the oldest again.
-    assert store.next_item(CAROL).id == a1
+    assert store.next_ask(CAROL).id == a1
 
 
 def test_an_annotator_never_gets_an_item_they_rated_or_skipped(store: Store) -> None:
@@ -282,11 +282,11 @@ def test_an_annotator_never_gets_an_item_they_rated_or_skipped(store: Store) -> 
     store.rate(BOB, a1, verdict="correct")
     store.skip(BOB, a2)
     store.skip(BOB, a2)  # skipping twice is harmless
-    assert store.next_item(BOB).id == a3
+    assert store.next_ask(BOB).id == a3
     store.rate(BOB, a3, verdict="incorrect")
-    assert store.next_item(BOB) is None
+    assert store.next_ask(BOB) is None
     # Others still see what Bob skipped.
-    assert store.next_item(CAROL).id == a2
+    assert store.next_ask(CAROL).id == a2
     assert row_counts(store)["skips"] == 1
 
 
@@ -295,26 +295,26 @@ def test_items_leave_the_queue_once_they_have_enough_raters(make_store) -> None:
     a1, a2 = record(store, 0, by=VIEWER), record(store, 1)
     store.rate(BOB, a1, verdict="correct")
     store.rate(BOB, a1, verdict="incorrect")  # the same rater twice is still one rater
-    assert store.next_item(DAVE).id == a2  # a2 has fewer raters
+    assert store.next_ask(DAVE).id == a2  # a2 has fewer raters
     store.rate(CAROL, a1, verdict="correct")
     store.rate(CAROL, a2, verdict="correct")
-    assert store.next_item(DAVE).id == a2  # a1 has its two raters and is gone
+    assert store.next_ask(DAVE).id == a2  # a1 has its two raters and is gone
     store.rate(BOB, a2, verdict="correct")
-    assert store.next_item(DAVE) is None
+    assert store.next_ask(DAVE) is None
     # Thumbs are not annotations: they neither fill nor empty the queue.
     more = make_store(ratings_per_item=3)
     more.rate(VIEWER, a1, verdict="correct", source="thumbs")
-    assert more.next_item(DAVE).id == a1
+    assert more.next_ask(DAVE).id == a1
 
 
 def test_only_consented_answers_are_queued(store: Store) -> None:
     private = record(store, 0, consent=False, by=BOB)
     public = record(store, 1, consent=True)
-    assert store.next_item(CAROL).id == public
+    assert store.next_ask(CAROL).id == public
     store.skip(CAROL, public)
-    assert store.next_item(CAROL) is None
+    assert store.next_ask(CAROL) is None
     store.set_consent(BOB, private, True)
-    assert store.next_item(CAROL).id == private
+    assert store.next_ask(CAROL).id == private
 
 
 def test_progress_counts_todays_answers_and_whats_left(store: Store) -> None:
@@ -346,17 +346,17 @@ def test_disputes_are_found_and_an_admin_resolves_them(store: Store) -> None:
 
     assert [v.id for v in store.disputed(ADMIN)] == [verdicts, references]
     assert store.dashboard(ADMIN).disputed == 2
-    assert store.item(ADMIN, agreed).consensus.verdict == "incorrect"
-    assert store.item(ADMIN, verdicts).consensus.disputed
+    assert store.get_ask(ADMIN, agreed).consensus.verdict == "incorrect"
+    assert store.get_ask(ADMIN, verdicts).consensus.disputed
 
     store.resolve(ADMIN, verdicts, verdict="incorrect", reference_answer="46.4", decision="needed_full",
                   comment="checked the gauge")
     assert [v.id for v in store.disputed(ADMIN)] == [references]
-    resolved = store.item(ADMIN, verdicts).consensus
+    resolved = store.get_ask(ADMIN, verdicts).consensus
     assert (resolved.verdict, resolved.reference_answer, resolved.needs_high_res, resolved.resolved) == (
         "incorrect", "46.4", True, True)
 
-    items = {item.ask.id: item for item in store.consensus_items(SYSTEM)}
+    items = {item.ask.id: item for item in store.rated_asks(SYSTEM)}
     assert set(items) == {verdicts, agreed, references}
     assert [v.source for v in items[verdicts].votes] == ["annotation", "annotation", "resolution"]
     assert items[verdicts].consensus == resolved
@@ -368,24 +368,24 @@ def test_disputes_are_found_and_an_admin_resolves_them(store: Store) -> None:
 def test_a_resolved_item_leaves_the_queue(store: Store) -> None:
     ask = record(store)
     store.rate(BOB, ask, verdict="correct")
-    assert store.next_item(CAROL).id == ask  # one rating of two: still wanted
+    assert store.next_ask(CAROL).id == ask  # one rating of two: still wanted
     store.resolve(ADMIN, ask, verdict="incorrect", reference_answer="46.4", decision=None)
-    assert store.next_item(CAROL) is None and store.progress(CAROL).left == 0
+    assert store.next_ask(CAROL) is None and store.progress(CAROL).left == 0
 
 
 def test_since_compares_instants_whatever_the_time_zone(store: Store) -> None:
     ask = record(store)
     plus_five = timezone(timedelta(hours=5))
     minute_ago, minute_later = datetime.now(plus_five) - timedelta(minutes=1), datetime.now(plus_five) + timedelta(minutes=1)
-    assert [i.ask.id for i in store.consensus_items(SYSTEM, since=minute_ago)] == [ask]
-    assert list(store.consensus_items(SYSTEM, since=minute_later)) == []
+    assert [i.ask.id for i in store.rated_asks(SYSTEM, since=minute_ago)] == [ask]
+    assert list(store.rated_asks(SYSTEM, since=minute_later)) == []
     assert store.count_asks(SYSTEM, since=minute_ago.replace(tzinfo=None) - timedelta(hours=5)) == 1  # naive = UTC
 
 
 def test_consensus_items_are_consented_only_unless_asked(store: Store) -> None:
     public, private = record(store, 0), record(store, 1, consent=False)
-    assert [i.ask.id for i in store.consensus_items(SYSTEM)] == [public]
-    assert [i.ask.id for i in store.consensus_items(SYSTEM, consented_only=False)] == [public, private]
+    assert [i.ask.id for i in store.rated_asks(SYSTEM)] == [public]
+    assert [i.ask.id for i in store.rated_asks(SYSTEM, consented_only=False)] == [public, private]
     assert store.count_asks(SYSTEM) == 1 and store.count_asks(SYSTEM, consented_only=False) == 2
     with pytest.raises(PermissionDenied):
         store.count_asks(BOB)
@@ -438,16 +438,16 @@ ADMIN_ONLY = {
                                                         decision=None),
     "rate as a resolution": lambda store, actor, ask: store.rate(actor, ask, verdict="correct", source="resolution"),
     "register_model_version": lambda store, actor, ask: store.register_model_version(actor, "org/sneaky"),
-    "consensus_items": lambda store, actor, ask: store.consensus_items(actor),
+    "rated_asks": lambda store, actor, ask: store.rated_asks(actor),
 }
 
 ANNOTATOR_ONLY = {
     "rate": lambda store, actor, ask: store.rate(actor, ask, verdict="correct"),
     "skip": lambda store, actor, ask: store.skip(actor, ask),
-    "next_item": lambda store, actor, ask: store.next_item(actor),
+    "next_ask": lambda store, actor, ask: store.next_ask(actor),
     "progress": lambda store, actor, ask: store.progress(actor),
-    "item": lambda store, actor, ask: store.item(actor, ask),
-    "image_png": lambda store, actor, ask: store.image_png(actor, store.item(ADMIN, ask).image_sha256),
+    "item": lambda store, actor, ask: store.get_ask(actor, ask),
+    "image_png": lambda store, actor, ask: store.image_png(actor, store.get_ask(ADMIN, ask).image_sha256),
     "dashboard": lambda store, actor, ask: store.dashboard(actor),
 }
 
@@ -494,7 +494,7 @@ def test_thumbs_from_anonymous_visitors_only_when_allowed(make_store) -> None:
     open_.rate(Actor.anonymous("s-42"), ask, verdict="incorrect", source="thumbs")
     with pytest.raises(PermissionDenied):  # thumbs, yes; annotations, no
         open_.rate(Actor.anonymous("s-42"), ask, verdict="incorrect")
-    ratings = [(r.rater, r.source, r.verdict) for a in (ask, vics) for r in open_.item(ADMIN, a).ratings]
+    ratings = [(r.rater, r.source, r.verdict) for a in (ask, vics) for r in open_.get_ask(ADMIN, a).ratings]
     assert ratings == [("anon:s-42", "thumbs", "incorrect"), ("vic", "thumbs", "correct")]
 
 
