@@ -453,7 +453,7 @@ _CHAT_TEMPLATE_NOTE = (
     "The messages are built with `visionthink.protocol.Conversation`, so every prompt string is the one the "
     "checkpoints were trained on. Rendered with the Qwen2.5-VL chat template they differ from the trained text in "
     "one place: the template puts a newline after a model turn's `<|im_end|>` before the tool response, which the "
-    "released rollout code does not (spec §2.4)."
+    "released rollout code does not (VisionThink Studio's docs/protocol.md, section 5)."
 )
 
 

@@ -57,7 +57,8 @@ class EvalItem:
     id: str
     image: Any  # a PIL image, encoded bytes or a path: anything ``Engine.ask`` takes
     question: str  # the dataset's ``problem`` (with or without ``<image>``)
-    reference: str  # ``original_answer``, else ``solution``: what the LLM judge was prompted with (spec §5.1)
+    #: ``original_answer``, else ``solution``: what the LLM judge was prompted with (docs/rewards.md §2.1)
+    reference: str
     solution: str | None = None  # the rule-based ground truth, often a bare value
     data_source: str | None = None
     kind: str | None = None  # the kind of question, where the data says (the miniature's colour, shape, pattern)
@@ -107,7 +108,8 @@ class EvalItems(Sequence[EvalItem]):
 
 
 def load_items(source: str | os.PathLike, split: str = "train", limit: int | None = None) -> EvalItems:
-    """The items of a store export, a parquet file or folder, or a Hub dataset in VisionThink's schema (spec §7).
+    """The items of a store export, a parquet file or folder, or a Hub dataset in VisionThink's schema
+    (docs/protocol.md §8).
 
     Rows are read by ``visionthink.rows`` (which rows are usable, and why others are skipped, is decided there).
     An item's id is its ``doc_id`` (a repeated ``doc_id`` gets ``#`` and a content hash), else a hash of the

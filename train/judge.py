@@ -1,10 +1,10 @@
 r"""Accuracy judges for the GRPO reward and the evaluation: is a model's ``<answer>`` right, 1, or wrong, 0?
 
 :class:`LLMJudge` asks an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, an open model served by vLLM) with
-the paper's judge prompt (``protocol.JUDGE_SYSTEM_PROMPT`` / ``JUDGE_USER_TEMPLATE``, spec §5.1); :class:`RuleJudge`
-scores offline by rules. :func:`make_judge` builds one from the ``VISIONTHINK_JUDGE*`` settings.
+the paper's judge prompt (``protocol.JUDGE_SYSTEM_PROMPT`` / ``JUDGE_USER_TEMPLATE``, docs/rewards.md §2.1);
+:class:`RuleJudge` scores offline by rules. :func:`make_judge` builds one from the ``VISIONTHINK_JUDGE*`` settings.
 
-A judgement that fails is ``None``, never a silent 0 or 1 and never an exception (spec §9, defects 6 and 7): it is
+A judgement that fails is ``None``, never a silent 0 or 1 and never an exception (docs/rewards.md §2.2-2.3): it is
 counted in ``judge.stats.failures`` by reason and logged on the ``train.judge`` logger; the reward leaves it out.
 
 The verdict (:func:`parse_verdict`). Echoes of the prediction block are cut out of the reply (measure 3 below) and

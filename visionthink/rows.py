@@ -1,5 +1,5 @@
-"""VisionThink's dataset row (spec §7): its features, the one writer (``make_row``, used by store exports and the
-miniature's sampler) and the one reader (``load_source``, ``read_row``, ``read_rows``, used by ``train/``).
+"""VisionThink's dataset row (docs/protocol.md §8): its features, the one writer (``make_row``, used by store
+exports and the miniature's sampler) and the one reader (``load_source``, ``read_row``, ``read_rows``, used by ``train/``).
 
 A row holds ``problem`` (the question with ``<image>``), ``images`` (one image, the original), ``original_answer``
 (the judge's reference), ``solution`` (the rule judge's), ``needs_high_res`` (whether the full image is needed,
@@ -167,7 +167,8 @@ def load_source(source: str | Path, split: str = "train", *, limit: int | None =
     dataset = _load(source, split)
     missing = missing_columns(dataset.column_names)
     if missing:
-        raise DataError(f"{source} has no {', '.join(missing)} column; it is not in VisionThink's schema (spec §7).")
+        raise DataError(f"{source} has no {', '.join(missing)} column; it is not in VisionThink's schema "
+                        "(docs/protocol.md §8).")
     return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 

@@ -241,7 +241,8 @@ def test_kto_rows_labels_and_conversations(data: Data, exports: dict) -> None:
 
 
 def test_kto_prompts_render_with_the_stock_template_as_trained(exports: dict) -> None:
-    """What TRL feeds the Qwen2.5-VL chat template is the trained text, except the newline spec §2.4 notes."""
+    """What TRL feeds the Qwen2.5-VL chat template is the trained text, except the newline that docs/protocol.md §5
+    notes."""
     from transformers.utils.chat_template_utils import render_jinja_template
     from trl.data_utils import prepare_multimodal_messages
 

@@ -882,7 +882,7 @@ def test_full_resolution_is_the_original_unless_tiny():
 
 @pytest.mark.parametrize(
     ("size", "resized", "tokens"),
-    [  # spec §3.4
+    [  # docs/tokens.md §5
         ((1024, 768), (1036, 756), 999),
         ((512, 384), (504, 392), 252),
         ((1280, 960), (1288, 952), 1564),

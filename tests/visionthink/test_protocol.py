@@ -30,17 +30,18 @@ from visionthink.protocol import (
 
 OFFICIAL = json.loads((Path(__file__).parents[1] / "fixtures" / "official_prompts.json").read_text(encoding="utf-8"))
 
-# Spec §2.4 and §2.5, copied verbatim as JSON string literals (interface data).
+# The released rollout code's injected turns (docs/protocol.md §5-6), copied verbatim as JSON string literals
+# (interface data).
 SPEC_TOOL_RESPONSE_TURN = r'''"<|im_start|>user\n<tool_response>\nThe resized image is shown below:\n<|vision_start|><|image_pad|><|vision_end|>\n</tool_response>\nPlease carefully analyze the content returned from the image resize tool in combination with the original question and image from the user, continue your reasoning process inside <think> and </think> and then write your final answer inside <answer> and </answer>.<|im_end|>\n<|im_start|>assistant\n"'''
 SPEC_ERROR_TURN = r'''"<|im_start|>user\n<tool_response>\nERROR occurs during the function tool call. Error Information: {error}.\n</tool_response>\nPlease analyze the error information obtained from the function tool and adjust your response. Countinue your reasoning process inside <think> and </think>.<|im_end|>\n<|im_start|>assistant\n"'''
-# Spec §2.7 (the line break is real).
+# The general system prompt (docs/protocol.md §1; the line break is real).
 SPEC_GENERAL_SYSTEM_PROMPT = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer.\n"
     "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put within "
     "<answer> </answer> tags. For mathematical or multiple-choice problem, wrap the answer value or choice with "
     "\\boxed{}."
 )
-# Spec §2.3: the one well-formed call.
+# The one well-formed call (docs/protocol.md §3).
 SPEC_TOOL_CALL = '<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'
 
 QUESTION = "What is written on the sign?"
@@ -144,7 +145,7 @@ def test_canonical_tool_call_text():
 
 
 def spec_prompt(question_line: str = QUESTION) -> str:
-    """Spec §2.2 rendered layout, built from the official strings."""
+    """The first prompt's rendered layout (docs/protocol.md §2), built from the official strings."""
     user = OFFICIAL["USER_TEMPLATE_rendered_example"].replace("<image>", IMAGE_PLACEHOLDER)
     user = user.replace(QUESTION, question_line)
     return (

@@ -45,7 +45,7 @@ def model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
-    """A 1024x768 picture with structure (a gradient and a block), the spec's first worked example."""
+    """A 1024x768 picture with structure (a gradient and a block), docs/tokens.md §5's first worked example."""
     gradient = Image.linear_gradient("L").resize((1024, 768)).convert("RGB")
     gradient.paste((200, 30, 40), (600, 200, 900, 500))
     return gradient
@@ -304,7 +304,7 @@ def test_generate_after_a_resize_with_two_images(model, processor, photo):
     assert count_image_pads(inputs["input_ids"]) == 252 + 999
     ids = inputs["input_ids"][0].tolist()
     assert ids.count(QWEN_IDS[protocol.VISION_START]) == 2
-    # The injected turn follows the model's <|im_end|> with no newline (spec §2.4).
+    # The injected turn follows the model's <|im_end|> with no newline (docs/protocol.md §5).
     call_end = len(ids) - 1 - ids[::-1].index(QWEN_IDS["</tool_call>"])  # the model's, not the system prompt's
     end_of_turn = ids.index(QWEN_IDS[protocol.IM_END], call_end)
     assert ids[end_of_turn + 1] == QWEN_IDS[protocol.IM_START]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from visionthink import images
 
-# (original W, H) -> (full tokens, low-res tokens), spec §3.4.
+# (original W, H) -> (full tokens, low-res tokens), docs/tokens.md §5.
 WORKED_EXAMPLES = {
     (1024, 768): (999, 252),
     (1280, 960): (1564, 391),
