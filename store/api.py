@@ -375,7 +375,7 @@ class Store:
                 image_id=image.id, question=question, question_key=question_key(question),
                 model_version_id=version.id, mode=clean_text(answer.mode), turns=turns,
                 requested_high_res=answer.requested_high_res, answer=final, stop_reason=clean_text(answer.stop_reason),
-                low_res_tokens=t.low_res, high_res_tokens=t.high_res, used_tokens=t.used, full_res_tokens=t.full_res,
+                low_res_tokens=t.low_res, high_res_tokens=t.high_res, full_res_tokens=t.full_res,
                 saved_tokens=t.saved, latency_s=answer.latency_s, asked_by=actor.rater, consent=bool(consent),
                 comparison=comparison,
             )

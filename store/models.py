@@ -90,7 +90,6 @@ class Ask(Base):
     stop_reason: Mapped[str] = mapped_column(String(32))
     low_res_tokens: Mapped[int] = mapped_column(Integer)
     high_res_tokens: Mapped[int] = mapped_column(Integer)
-    used_tokens: Mapped[int] = mapped_column(Integer)
     full_res_tokens: Mapped[int] = mapped_column(Integer)
     saved_tokens: Mapped[int] = mapped_column(Integer)
     latency_s: Mapped[float] = mapped_column(Float)

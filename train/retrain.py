@@ -15,11 +15,11 @@ Anything after ``--`` goes to ``train.grpo`` as command-line overrides of the re
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def evaluate_model(model: str, eval_path: Path, out: Path, modes: tuple[str, ...
     return report.to_dict()
 
 
-def run(args: argparse.Namespace, grpo_overrides: list[str]) -> int:
+def run(args: RetrainArguments, grpo_overrides: list[str]) -> int:
     from store.api import Actor, Store
     from store.export import export
     from train import grpo
@@ -242,25 +242,35 @@ def comparison_table(comparison: dict, base, checkpoint, held_out: bool, by_kind
     return "\n".join(lines)
 
 
+@dataclass
+class RetrainArguments:
+    """The command's arguments (``python -m train.retrain --help``); what follows ``--`` goes to ``train.grpo``."""
+
+    recipe: Path = field(default=DEFAULT_RECIPE, metadata={"help": "GRPO recipe (the default: LoRA on one GPU)"})
+    base: str | None = field(default=None, metadata={
+        "help": "model to start from; None: VISIONTHINK_MODEL, the one being served"})
+    db: str | None = field(default=None, metadata={"help": "database URL; None: VISIONTHINK_DB_URL"})
+    out: str | None = field(default=None, metadata={"help": "run folder; None: runs/retrain/<time>"})
+    judge: str = field(default="env", metadata={"help": "judge for training and eval",
+                                                "choices": ["rule", "llm", "env"]})
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of rows held out for evaluation"})
+    eval_modes: str = field(default="auto", metadata={"help": "modes to evaluate, e.g. auto,low,high"})
+    min_rows: int = field(default=8, metadata={"help": "refuse to train on fewer judged answers"})
+    no_register: bool = field(default=False, metadata={"help": "do not register the checkpoint in the store"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    from visionthink.args import CommandParser, fail
+
     argv = list(sys.argv[1:] if argv is None else argv)
     grpo_overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m train.retrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="GRPO recipe (default: LoRA on one GPU)")
-    parser.add_argument("--base", help="model to start from (default: VISIONTHINK_MODEL, the one being served)")
-    parser.add_argument("--db", help="database URL (default: VISIONTHINK_DB_URL)")
-    parser.add_argument("--out", help="run folder (default: runs/retrain/<time>)")
-    parser.add_argument("--judge", choices=("rule", "llm", "env"), default="env", help="judge for training and eval")
-    parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of rows held out for evaluation")
-    parser.add_argument("--eval-modes", default="auto", help="modes to evaluate, e.g. auto,low,high")
-    parser.add_argument("--min-rows", type=int, default=8, help="refuse to train on fewer judged answers")
-    parser.add_argument("--no-register", action="store_true", help="do not register the checkpoint in the store")
-    args = parser.parse_args(argv)
+    parser = CommandParser(RetrainArguments, prog="python -m train.retrain", description=__doc__.splitlines()[0],
+                           named_errors=False)
+    (args,) = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.recipe.is_file():
-        print(f"error: there is no recipe {args.recipe}.", file=sys.stderr)
-        return 2
+        return fail(None, f"there is no recipe {args.recipe}.", 2)
     from store.db import StoreError
     from train.evaluate import EvalError
     from visionthink.settings import SettingsError
@@ -268,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, grpo_overrides)
     except (RetrainError, StoreError, SettingsError, EvalError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(None, str(exc), 1)
 
 
 if __name__ == "__main__":
