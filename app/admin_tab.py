@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 import zipfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from app.render import answer_line, badge, error_box, note_box, seen_and_origina
 from store.api import Actor, AskView, require
 from store.consensus import Vote, latest_per_rater, majority
 from store.db import StoreError
+from visionthink.clock import parse_day
 
 if TYPE_CHECKING:
     from store.consensus import Majority
@@ -342,7 +343,7 @@ def _parse_since(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return parse_day(value)
     except ValueError:
         shown = value if len(value) <= 20 else value[:20] + "…"
         raise ValueError(f"{shown!r} is not a date like 2026-01-31.") from None

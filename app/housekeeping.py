@@ -17,10 +17,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from store.api import Actor, Store
+from visionthink.clock import utcnow
 from visionthink.incidents import log_incident
 from visionthink.settings import Settings
 
@@ -85,7 +86,7 @@ class Housekeeping:
     def run_once(self) -> None:
         """One round: the retention rule, then the file sweep."""
         if self.store is not None and self.retention is not None:
-            cutoff = datetime.now(timezone.utc) - self.retention
+            cutoff = utcnow() - self.retention
             report = self.store.purge_unconsented(Actor.system(), older_than=cutoff)
             if report.asks:
                 log.info("Retention: deleted %d answers without training consent from before %s (%d ratings, "

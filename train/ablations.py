@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
+
+from visionthink.clock import utcnow
 
 log = logging.getLogger("train.ablations")
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def run(out: Path) -> int:
         results[name] = {"label": label, "curves": curves(run_dir / "completions.jsonl"), "final": per_kind(report)}
     DOCS.mkdir(exist_ok=True)
     plot(results, DOCS / "miniature-ablations.png")
-    document = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    document = {"written_at": utcnow().isoformat(timespec="seconds"), "machine": machine(),
                 "results": results}
     (DOCS / "miniature-ablations.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     text = table(results)

@@ -35,8 +35,9 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+
+from visionthink.clock import utcnow
 
 log = logging.getLogger("train.miniature")
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,7 +251,7 @@ def build(out: Path, recipe: Recipe, *, install: bool) -> dict:
     t = lap("premise_probe", t)
     steps = _grpo_steps(out / "trained" / "completions.jsonl")
     figures = {
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": utcnow().isoformat(timespec="seconds"),
         "machine": machine(),
         "recipe": dataclasses.asdict(recipe),
         "grpo_recipe": RECIPE.read_text(encoding="utf-8"),

@@ -20,8 +20,9 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+
+from visionthink.clock import utcnow
 
 log = logging.getLogger("train.retrain")
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def run(args: RetrainArguments, grpo_overrides: list[str]) -> int:
 
     settings = Settings.from_env()
     base = args.base or settings.model
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/retrain/{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     store = Store(args.db or settings.db_url, ratings_per_item=settings.ratings_per_item)
