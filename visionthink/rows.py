@@ -188,7 +188,8 @@ def _load(source: str | Path, split: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as exc:  # the Hub unreachable, offline mode, no such dataset or split
-        raise DataError(f"Could not load the Hub dataset {name} (split {split}): {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # one line: commands print it as one
+        raise DataError(f"Could not load the Hub dataset {name} (split {split}): {first}") from exc
 
 
 def _text(value: object) -> str | None:
