@@ -53,6 +53,11 @@ class TransformersBackend:
     CUDA side stream, while the turn itself runs (``EarlyImages``); if the model asks, the next turn takes those
     features instead of running the vision tower, and if it does not, they are dropped with the episode. On the
     CPU the encoding competes with the turn for the same cores, so ``early_encode="auto"`` leaves it off there.
+
+    Tokens are chosen by the backend's own loop (``_decode``): a prefill, then one forward per token on the cache,
+    yielding each token as it comes, so text streams without a second thread. With ``decode_thread`` the loop runs
+    on a thread of its own, ahead of the consumer; ``"auto"`` does so on a GPU only, where the consumer's work then
+    overlaps the GPU's, and not on the CPU, where a second thread's OpenMP workers slow every step.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class TransformersBackend:
         logits_processor_factory: Callable[[int], list] | None = None,
         reuse_kv: bool = True,
         early_encode: bool | str = "auto",
+        decode_thread: bool | str = "auto",
     ) -> None:
         from visionthink.hf import processor_pixel_limits
 
@@ -77,6 +83,9 @@ class TransformersBackend:
             raise ValueError(f"early_encode must be True, False, 'auto', 'on' or 'off', not {early_encode!r}.")
         self.early_encode = reuse_kv and (early_encode in (True, "on") or
                                           (early_encode == "auto" and model.device.type == "cuda"))
+        if decode_thread not in (True, False, "auto"):
+            raise ValueError(f"decode_thread must be True, False or 'auto', not {decode_thread!r}.")
+        self.decode_thread = decode_thread is True or (decode_thread == "auto" and model.device.type == "cuda")
         if reuse_kv:
             from visionthink.attention import use_continuation_attention
 
@@ -86,7 +95,7 @@ class TransformersBackend:
         tokenizer = processor.tokenizer
         self._stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.STOP_STRINGS]
         self._suppress_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
-        # On ZeroGPU the whole turn (streamer thread included) must run inside the GPU-decorated call.
+        # On ZeroGPU the whole turn (decoding thread included) must run inside the GPU-decorated call.
         self.generate = _gpu_wrapper()(self._generate_turn)
 
     @classmethod
@@ -112,8 +121,6 @@ class TransformersBackend:
             yield from self._generate_turn_locked(request)
 
     def _generate_turn_locked(self, request: TurnRequest) -> Iterator[str | TurnOutput]:
-        from transformers import TextIteratorStreamer
-
         if self.early_encode and request.upcoming:
             request.carry[_EARLY] = EarlyImages(self.model, self.processor, request.upcoming)
         text = request.conversation.render()
@@ -122,44 +129,26 @@ class TransformersBackend:
         early = request.carry.pop(_EARLY, None) if not request.upcoming else None
         continuation = self._continuation(inputs, previous, early) if previous is not None else None
         reused = continuation["past_key_values"].get_seq_length() if continuation else 0
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
-        cancelled = threading.Event()
-        result: dict = {}
+        arguments = continuation or {**inputs, "position_ids": self._positions(inputs)}
+        decoded: dict = {}
+        steps = self._decode(arguments, request, decoded)
+        text_out = _TextDeltas(self.processor.tokenizer)
+        for delta in text_out.deltas(_ahead(steps) if self.decode_thread else steps):
+            for stop in protocol.STOP_STRINGS:
+                delta = delta.replace(stop, "")
+            if delta:
+                yield delta
 
-        def run() -> None:
-            try:
-                result["out"] = self._run_generate(continuation or inputs, streamer, request, cancelled)
-            except BaseException as exc:  # reported on the caller's thread below
-                result["error"] = exc
-                streamer.end()
-
-        thread = threading.Thread(target=run, name="visionthink-generate", daemon=True)
-        thread.start()
-        try:
-            for delta in streamer:
-                for stop in protocol.STOP_STRINGS:
-                    delta = delta.replace(stop, "")
-                if delta:
-                    yield delta
-        finally:
-            # The consumer stopped early (a closed browser tab, an error): stop generating at the next token.
-            cancelled.set()
-            thread.join()
-        if "error" in result:
-            raise result["error"]
-
-        out = result["out"]
         if self.reuse_kv:
-            request.carry[_KV] = {"ids": out.sequences, "cache": out.past_key_values,
-                                  "images": len(request.images)}
+            request.carry[_KV] = {"ids": decoded["ids"], "cache": decoded["cache"], "images": len(request.images)}
         prompt_length = inputs["input_ids"].shape[1]
-        new_ids = out.sequences[0, prompt_length:].tolist()
+        new_ids = decoded["ids"][0, prompt_length:].tolist()
         finish_reason = "stop" if new_ids and new_ids[-1] in self._stop_ids else "length"
-        decoded = self.processor.tokenizer.decode(new_ids, skip_special_tokens=False)
+        decoded_text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=False)
         merge = self.processor.image_processor.merge_size
         image_tokens = (inputs["image_grid_thw"].prod(-1) // merge**2).tolist()
         yield TurnOutput(
-            text=protocol.strip_stop(decoded),
+            text=protocol.strip_stop(decoded_text),
             generated_tokens=len(new_ids),
             finish_reason=finish_reason,
             prompt_tokens=prompt_length,
@@ -167,8 +156,15 @@ class TransformersBackend:
             reused_tokens=reused,
         )
 
+    def _positions(self, inputs):
+        """M-RoPE positions of every token of ``inputs``, computed over the whole sequence with every image's grid."""
+        positions, _ = self.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                       image_grid_thw=inputs.get("image_grid_thw"),
+                                                       attention_mask=inputs["attention_mask"])
+        return positions
+
     def _continuation(self, inputs, previous: dict, early: EarlyImages | None = None) -> dict | None:
-        """The generate() arguments that continue from the previous turn's KV cache, or None to prefill in full.
+        """The arguments that continue from the previous turn's KV cache, or None to prefill in full.
 
         The cache holds every token of the previous turn but its last (sampled, never fed). It is used only when
         this turn's tokens start with exactly those tokens (the conversation is rendered and tokenised anew, so a
@@ -196,9 +192,7 @@ class TransformersBackend:
         per_image = (grids.prod(-1) // merge**2).tolist() if grids is not None else []
         if int(inputs["mm_token_type_ids"][0, :past].ne(0).sum()) != sum(per_image[:old]):
             return None  # an image straddles the cached part, or the previous turn saw other images
-        positions, _ = self.model.model.get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=grids,
-                                                       attention_mask=inputs["attention_mask"])
-        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "position_ids": positions,
+        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "position_ids": self._positions(inputs),
                      "past_key_values": cache}
         if grids is not None and len(per_image) > old:
             patches = int(grids[:old].prod(-1).sum())
@@ -211,36 +205,130 @@ class TransformersBackend:
             arguments["image_grid_thw"] = grid
         return arguments
 
-    def _run_generate(self, inputs, streamer, request: TurnRequest, cancelled: threading.Event):
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+    def _decode(self, arguments: dict, request: TurnRequest, into: dict) -> Iterator[int]:
+        """Prefill what the cache lacks of ``arguments`` (every token and its position; the cache, if any, and the
+        images it does not hold), then choose one token per step, yielding each as it is chosen. When it ends (at a
+        stop token or ``max_new_tokens``), ``into`` holds "ids" (the prompt and every generated token) and "cache"
+        (every token but the last, which was never fed).
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+        Decoding is exactly the request's settings: the vision tokens suppressed, the backend's extra logits
+        processors, then greedy choice at temperature 0, or sampling with temperature and top-p. Nothing comes from
+        the checkpoint's ``generation_config.json`` (``generate`` would fill what is unset from it, a repetition
+        penalty included). Each step runs on the consumer's thread unless ``decode_thread``: on the CPU, torch's
+        OpenMP workers serve one thread well, and a second thread's team of workers made every step 15-25% slower
+        on the bench model (BENCHMARKS.md, "Engine").
+        """
+        import torch
+        from transformers import (LogitsProcessorList, SuppressTokensLogitsProcessor, TemperatureLogitsWarper,
+                                  TopPLogitsWarper)
 
         settings = request.settings
+        device = self.model.device
+        ids, positions = arguments["input_ids"], arguments["position_ids"]
+        cache = arguments.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        processors = LogitsProcessorList([SuppressTokensLogitsProcessor(self._suppress_ids, device=device)])
+        if self.logits_processor_factory:
+            processors.extend(self.logits_processor_factory(request.turn_index))
         sampling = settings.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=sampling,
-            temperature=settings.temperature if sampling else None,
-            top_p=settings.top_p if sampling else None,
-            top_k=None,
-            eos_token_id=self._stop_ids,
-            pad_token_id=self._stop_ids[-1],
-            suppress_tokens=self._suppress_ids,
-            return_dict_in_generate=True,  # with the KV cache, for the next turn
-        )
-        extra = self.logits_processor_factory(request.turn_index) if self.logits_processor_factory else []
+        if sampling:
+            processors.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_p < 1:
+                processors.append(TopPLogitsWarper(settings.top_p))
+        length = ids.shape[1]
+        sequence = torch.empty((1, length + settings.max_new_tokens), dtype=ids.dtype, device=device)
+        sequence[:, :length] = ids
+        into["ids"] = sequence[:, :length]
         with torch.inference_mode():
-            return self.model.generate(
-                **inputs,
-                generation_config=config,
-                logits_processor=LogitsProcessorList(extra),
-                stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                streamer=streamer,
-            )
+            out = self.model(**{**arguments, "input_ids": ids[:, past:], "position_ids": positions[..., past:]},
+                             use_cache=True, logits_to_keep=1)
+        cache, logits, position = out.past_key_values, out.logits[:, -1], positions[..., -1:]
+        into["cache"] = cache
+        for step in range(settings.max_new_tokens):
+            end = length + step
+            with torch.inference_mode():
+                scores = processors(sequence[:, :end], logits.float())
+                token = torch.multinomial(scores.softmax(-1), 1)[:, 0] if sampling else scores.argmax(-1)
+                sequence[:, end] = token
+            into["ids"] = sequence[:, :end + 1]
+            chosen = int(token)
+            yield chosen
+            if chosen in self._stop_ids or step + 1 == settings.max_new_tokens:
+                return
+            position = position + 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=sequence[:, end:end + 1], position_ids=position, past_key_values=cache,
+                                    use_cache=True).logits[:, -1]
+
+
+class _TextDeltas:
+    """Tokens in, text out as it becomes printable (Transformers' ``TextStreamer`` decoding, collected instead of
+    printed)."""
+
+    def __init__(self, tokenizer) -> None:
+        from transformers import TextStreamer
+
+        pieces: list[str] = []
+
+        class Collect(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                pieces.append(text)
+
+        self._pieces = pieces
+        self._streamer = Collect(tokenizer, skip_prompt=False, skip_special_tokens=False)
+
+    def deltas(self, tokens: Iterator[int]) -> Iterator[str]:
+        """The text each token makes printable, then the rest when ``tokens`` end."""
+        import torch
+
+        for token in tokens:
+            self._streamer.put(torch.tensor([token]))
+            yield self._take()
+        self._streamer.end()
+        yield self._take()
+
+    def _take(self) -> str:
+        text = "".join(self._pieces)
+        self._pieces.clear()
+        return text
+
+
+def _ahead(steps: Iterator[int]) -> Iterator[int]:
+    """``steps`` run on a thread of their own, ahead of the consumer: on a GPU, the consumer's work between two
+    tokens (the engine, the page) then overlaps the next step's kernels. A consumer that stops (a closed browser
+    tab) stops the thread at the next token; an error in ``steps`` is raised to the consumer."""
+    import queue
+
+    items: queue.SimpleQueue = queue.SimpleQueue()
+    stop, finished = threading.Event(), object()
+
+    def run() -> None:
+        try:
+            for item in steps:
+                items.put(item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # raised on the consumer's thread below
+            items.put(_Failure(exc))
+        finally:
+            steps.close()
+            items.put(finished)
+
+    thread = threading.Thread(target=run, name="visionthink-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not finished:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class EarlyImages:
