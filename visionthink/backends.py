@@ -192,8 +192,8 @@ class TransformersBackend:
         per_image = (grids.prod(-1) // merge**2).tolist() if grids is not None else []
         if int(inputs["mm_token_type_ids"][0, :past].ne(0).sum()) != sum(per_image[:old]):
             return None  # an image straddles the cached part, or the previous turn saw other images
-        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "position_ids": self._positions(inputs),
-                     "past_key_values": cache}
+        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"],
+                     "position_ids": self._positions(inputs), "past_key_values": cache}
         if grids is not None and len(per_image) > old:
             patches = int(grids[:old].prod(-1).sum())
             pixels, grid = inputs["pixel_values"][patches:], grids[old:]

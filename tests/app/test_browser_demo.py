@@ -1,7 +1,7 @@
 """The demo page in a real browser (Debian's chromium through playwright): what a person sees and can click.
 
 `forced_app` (tests/app/conftest.py) serves the page with the tiny random model forced to call `resize_image` and
-then answer 44.6, so the whole two-turn loop runs with a real model, processor and generate().
+then answer 44.6, so the whole two-turn loop runs with a real model, processor and decoding loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Test-only constrained decoding: make the tiny random model write a chosen turn, token by token.
 
-Used to drive the engine down the tool-call path with a real model, real processor and real generate(), and to
-count the steps generate() runs.
+Used to drive the engine down the tool-call path with a real model, real processor and the backend's real decoding
+loop (or ``model.generate``: both call logits processors alike), and to count the steps decoding runs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The VisionThink loop on a real (tiny, random) Qwen2.5-VL: real processor, real generate(), forced turns."""
+"""The VisionThink loop on a real (tiny, random) Qwen2.5-VL: real processor, real decoding, forced turns."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def test_closing_the_stream_stops_generation(tiny_parts, picture):
     for event in events:
         if isinstance(event, TextDelta):
             break
-    events.close()  # runs the backend's cleanup: cancel, then join the generation thread
+    events.close()  # closes the backend's decoding loop at its current token
     assert 0 < len(steps) < 200
     count = len(steps)
     import time

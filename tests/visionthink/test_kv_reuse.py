@@ -1,6 +1,7 @@
 """Turn-1 KV reuse in the local backend: turn 2 continues from turn 1's cache, prefilling only what it adds, and
 gives what a full re-prefill gives: the same greedy tokens and logits within 1e-4 (real tiny Qwen2.5-VL, real
-processor, real generate; turn 1 is forced to call the tool, turn 2 is the random model's own greedy answer)."""
+processor, the backend's real decoding; turn 1 is forced to call the tool, turn 2 is the random model's own greedy
+answer)."""
 
 from __future__ import annotations
 
