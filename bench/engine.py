@@ -10,11 +10,12 @@ every mode writes the same answer of N tokens, and auto first writes a tool call
 full image. Where the backend takes ``reuse_kv``, auto runs both with and without reusing turn 1's KV cache.
 
 The floor is what an ideal engine would pay on the same model, modelled from its costs measured in the same run
-(the processor, one forward pass per prompt, then single-token steps on its cache): high is the full image's
-processing, its prompt's prefill and N-1 decode steps; low the same with the 1/4 image; auto is high plus the 1/4
-image's turn (processing, prefill, the tool call's decode). Each floor is that modelled time over the *measured* high time, so it sits beside the measured ratio.
-That auto floor takes turn 2 to cost no more than high; a second one counts turn 2 as the model's own work over turn
-1's longer context (``turn_two_cost``).
+(making the 1/4 image and the processor, one forward pass per prompt, then single-token steps on its cache): high is
+the full image's processing, its prompt's prefill and N-1 decode steps; low the same with the 1/4 image (made from
+the original); auto is high plus the 1/4 image's turn (making it, processing, prefill, the tool call's decode). Each
+floor is that modelled time over the *measured* high time, so it sits beside the measured ratio. That auto floor
+takes turn 2 to cost no more than high; a second one counts turn 2 as the model's own work over turn 1's longer
+context (``turn_two_cost``).
 
 On a GPU, ``python -m bench.gpu_engine`` runs the same measurement on a random model of Qwen2.5-VL-7B's shape.
 """
@@ -248,17 +249,18 @@ def probe_costs(model, processor, image, decode_steps: int, tool_text: str | Non
     from visionthink.images import downsample, full_resolution
 
     rendered = protocol.Conversation.start(QUESTION).render()
-    prompts = {
-        "low": (rendered, [downsample(image)]),
-        "full": (rendered, [full_resolution(image)]),
-        "text": (rendered.replace(protocol.IMAGE_PLACEHOLDER, ""), None),
+    prompts = {  # each image made from the original inside the timing: making the 1/4 image is the method's work
+        "low": (rendered, lambda: [downsample(image)]),
+        "full": (rendered, lambda: [full_resolution(image)]),
+        "text": (rendered.replace(protocol.IMAGE_PLACEHOLDER, ""), lambda: None),
     }
     merge = processor.image_processor.merge_size
     out = {}
     device = model.device
     with torch.inference_mode():
-        for name, (text, images) in prompts.items():
+        for name, (text, make) in prompts.items():
             started = time.perf_counter()
+            images = make()
             inputs = processor(text=[text], images=images, return_tensors="pt").to(device)
             processed = time.perf_counter() - started
             _sync(device)
@@ -266,7 +268,7 @@ def probe_costs(model, processor, image, decode_steps: int, tool_text: str | Non
             started = time.perf_counter()
             result = model(**inputs, use_cache=True, logits_to_keep=1)
             _sync(device)
-            cost = {"processor_s": processed, "prefill_s": time.perf_counter() - started,
+            cost = {"prepare_s": processed, "prefill_s": time.perf_counter() - started,
                     "tokens": int(inputs["input_ids"].shape[1]), "peak_gib": peak_gib(device)}
             if images:
                 cost["grid_thw"] = inputs["image_grid_thw"].tolist()
@@ -350,17 +352,17 @@ def ideal_seconds(costs: dict, answer_tokens: int, tool_tokens: int) -> dict:
     step per generated token but the first (it comes from the prefill); auto pays high plus the 1/4 turn and its
     tool call."""
     low, full = costs["low"], costs["full"]
-    high = full["processor_s"] + full["prefill_s"] + (answer_tokens - 1) * full["decode_s"]
-    turn1 = low["processor_s"] + low["prefill_s"] + (tool_tokens - 1) * low["decode_s"]
+    high = full["prepare_s"] + full["prefill_s"] + (answer_tokens - 1) * full["decode_s"]
+    turn1 = low["prepare_s"] + low["prefill_s"] + (tool_tokens - 1) * low["decode_s"]
     ideal = {
-        "low": low["processor_s"] + low["prefill_s"] + (answer_tokens - 1) * low["decode_s"],
+        "low": low["prepare_s"] + low["prefill_s"] + (answer_tokens - 1) * low["decode_s"],
         "high": high,
         "turn1": turn1,
         "auto": high + turn1,
     }
     if "turn2" in costs:  # turn 2 as its own work, over turn 1's longer context
         two = costs["turn2"]
-        ideal["turn2"] = full["processor_s"] + two["prefill_s"] + (answer_tokens - 1) * two["decode_s"]
+        ideal["turn2"] = full["prepare_s"] + two["prefill_s"] + (answer_tokens - 1) * two["decode_s"]
         ideal["auto_context"] = turn1 + ideal["turn2"]
     return ideal
 
@@ -494,7 +496,8 @@ def modes_table(results: dict, *, label: str = "") -> list[str]:
 def costs_table(results: dict) -> list[str]:
     """The model's own prefill and decode costs per size, which the floors are modelled from."""
     own = all("turn2" in entry["costs"] for entry in results["sizes"])
-    lines = ["| Image | Prompt tokens (1/4, full, no image) | Processor, 1/4 / full (s) | "
+    lines = ["| Image | Prompt tokens (1/4, full, no image) | "
+             "Preparing the image (resizing, processor), 1/4 / full (s) | "
              "Prefill 1/4 prompt (s) | Prefill full prompt (s) | Prefill, no image (s) | "
              "Prefill per visual token, 1/4 / full (ms) | "
              "Prefill per text token (ms) | Decode per token, after 1/4 / full (ms) |"
@@ -506,7 +509,7 @@ def costs_table(results: dict) -> list[str]:
         two = (f" {_num(c['turn2']['prefill_s'])} | {_num(c['turn2']['decode_s'] * 1e3, 1)} |" if own else "")
         lines.append(
             f"| {entry['size'][0]}×{entry['size'][1]} | {c['low']['tokens']:,}, {c['full']['tokens']:,}, "
-            f"{c['text']['tokens']:,} | {_num(c['low']['processor_s'])} / {_num(c['full']['processor_s'])} | "
+            f"{c['text']['tokens']:,} | {_num(c['low']['prepare_s'])} / {_num(c['full']['prepare_s'])} | "
             f"{_num(c['low']['prefill_s'])} | {_num(c['full']['prefill_s'])} | {_num(c['text']['prefill_s'])} | "
             f"{_num(entry['prefill_s_per_visual_token']['low'] * 1e3)} / "
             f"{_num(entry['prefill_s_per_visual_token']['full'] * 1e3)} | "
@@ -623,8 +626,9 @@ def section(results: dict, *, command: str) -> str:
         "a longer one. So a second auto floor counts turn 2 as the model's own work, measured in the same run "
         "without an engine around it (the last two columns of the second table: one forward pass of the tokens turn "
         "2 adds over turn 1's cache, vision tower included, then single-token steps). Every floor includes the "
-        "processor's time once per image it needs (second table: the 1/4 image for low, the full one for high, both "
-        "for auto): no engine can skip preparing the pixels, but none need prepare an image twice. The floors are "
+        "time of preparing each image it needs once (second table: making the 1/4 image at half width and height, and "
+        "the processor; the 1/4 image for low, the full one for high, both for auto): no engine can skip preparing "
+        "the pixels, but none need prepare an image twice. The floors are "
         "modelled from costs measured apart from the episodes, so an engine that adds nothing lands within the "
         "machine's noise of its floor, on either side.", "",
         tables(results).rstrip("\n"), "", *reading(results), "",
@@ -652,7 +656,8 @@ def reading(results: dict) -> list[str]:
         if own:
             against["auto, turn 2's own work"] = row["ratio_to_high"]["auto"] / own
         lines.append(f"- {image}, N = {row['answer_tokens']}: auto {row['ratio_to_high']['auto']:.2f}× high against "
-                     f"a floor of {row['floor']['auto']:.2f}×" + (f" ({own:.2f}× with turn 2's own work)" if own else "")
+                     f"a floor of {row['floor']['auto']:.2f}×"
+                     + (f" ({own:.2f}× with turn 2's own work)" if own else "")
                      + f"; its turn 1 took {turn[0]:.2f} s (modelled {ideal['turn1']:.2f} s) and its turn 2 "
                      f"{turn[1] / high:.2f}× high (the first floor counts 1.00×{modelled_turn2}); high took "
                      f"{high / ideal['high']:.2f}× its modelled time; measured over floor: "

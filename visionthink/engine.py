@@ -348,9 +348,8 @@ class Engine:
         original, question, mode = inputs.image, inputs.question, inputs.mode
         min_pixels, max_pixels = self.backend.pixel_limits
         full = full_resolution(original)
-        low = downsample(original)
         full_tokens = visual_tokens(*full.size, min_pixels, max_pixels)
-        images = [full if mode == "high" else low]
+        images = [full if mode == "high" else downsample(original)]  # high never needs the 1/4 image
         conversation = protocol.Conversation.start(question)
         turns: list[TurnRecord] = []
         requested_high_res = False
