@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from tests.support.forcing import CountSteps
+from tests.support.forcing import BAD_TOOL_TURN, TOOL_TURN, CountSteps, ForceText
 from visionthink import protocol
 from visionthink.backends import TransformersBackend
 from visionthink.engine import GenerationSettings, TurnOutput, TurnRequest
@@ -191,3 +191,70 @@ def test_decode_thread_is_checked(parts):
     with pytest.raises(ValueError, match="decode_thread"):
         TransformersBackend(*parts, "tiny", decode_thread="sometimes")
     assert TransformersBackend(*parts, "tiny").decode_thread is False  # "auto": a thread only on a GPU
+
+
+# --- the tool call's draft -------------------------------------------------------------------------------------
+
+
+class Forwards:
+    """Counts the model's forward calls."""
+
+    def __init__(self, model) -> None:
+        self.count = 0
+        self.handle = model.register_forward_pre_hook(lambda module, args: self.__setattr__("count", self.count + 1))
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def forced_turn(parts, picture, text: str, *, draft: bool, temperature: float = 0.0) -> dict:
+    """One turn forced to write ``text``: its tokens, text, scores, cache length and forward calls."""
+    model, processor = parts
+    scores: list[torch.Tensor] = []
+    forced = processor.tokenizer.encode(text, add_special_tokens=False)
+    end = processor.tokenizer.convert_tokens_to_ids(protocol.IM_END)
+    backend = TransformersBackend(model, processor, "tiny", draft_tool_call=draft,
+                                  logits_processor_factory=lambda turn: [ForceText(forced, end), Record(scores)])
+    turn = request(picture, GenerationSettings(max_new_tokens=len(forced) + 8, temperature=temperature))
+    forwards = Forwards(model)
+    try:
+        output = list(backend.generate(turn))[-1]
+    finally:
+        forwards.close()
+    kept = turn.carry["transformers_kv"]
+    return {"tokens": kept["ids"][0, -output.generated_tokens:].tolist(), "text": output.text, "scores": scores,
+            "ids": kept["ids"].shape[1], "cached": kept["cache"].get_seq_length(), "forwards": forwards.count,
+            "draft": len(backend._tool_call_draft or [])}
+
+
+def test_a_tool_call_is_checked_in_one_forward(parts, picture):
+    drafted = forced_turn(parts, picture, TOOL_TURN, draft=True)
+    stepped = forced_turn(parts, picture, TOOL_TURN, draft=False)
+    assert drafted["tokens"] == stepped["tokens"] and drafted["text"] == stepped["text"] == TOOL_TURN
+    assert drafted["draft"] > 20  # the call after "<tool_call>" and the end-of-turn token
+    # one forward per token but the last without the draft; the draft's tokens all came from one forward
+    assert stepped["forwards"] == len(stepped["tokens"])
+    assert stepped["forwards"] - drafted["forwards"] == drafted["draft"] - 1
+    assert drafted["cached"] == stepped["cached"] == drafted["ids"] - 1  # every token but the last, for turn 2
+    for step, (a, b) in enumerate(zip(drafted["scores"], stepped["scores"], strict=True)):
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite)
+        assert (a[finite] - b[finite]).abs().max().item() < 1e-4, f"step {step}"
+
+
+def test_a_call_that_leaves_the_draft_goes_on_token_by_token(parts, picture):
+    """A call to another tool shares only its first tokens with the draft: the rest is cut from the cache."""
+    drafted = forced_turn(parts, picture, BAD_TOOL_TURN, draft=True)
+    stepped = forced_turn(parts, picture, BAD_TOOL_TURN, draft=False)
+    assert drafted["tokens"] == stepped["tokens"] and drafted["text"] == BAD_TOOL_TURN
+    assert drafted["cached"] == stepped["cached"] == drafted["ids"] - 1
+    draft = parts[1].tokenizer.encode(protocol.tool_call_text(), add_special_tokens=False)
+    after = drafted["tokens"][drafted["tokens"].index(draft[0]) + 1:]
+    shared = next(i for i, (a, b) in enumerate(zip(after, draft[1:])) if a != b)
+    assert 0 < shared < drafted["draft"] - 1
+    assert stepped["forwards"] - drafted["forwards"] == shared  # one forward saved per token the draft had right
+
+
+def test_sampling_draws_token_by_token(parts, picture):
+    drafted = forced_turn(parts, picture, TOOL_TURN, draft=True, temperature=0.7)
+    assert drafted["text"] == TOOL_TURN and drafted["forwards"] == len(drafted["tokens"])
