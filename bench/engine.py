@@ -88,6 +88,7 @@ class Variant:
     early: bool = False  # the backend encodes the full image while turn 1 runs
     asks: bool = True  # auto: turn 1 calls the tool (False: it answers at once, so the full image goes unused)
     decode_thread: bool | None = None  # decode on a thread of its own (None: the backend's default for the device)
+    draft: bool = True  # greedy decoding checks the rest of a tool call in one forward (``draft_tool_call``)
 
 
 def reuse_switch() -> bool:
@@ -102,6 +103,10 @@ def variants(switch: bool, early: bool = False) -> list[Variant]:
         return [Variant("low", "low"), Variant("high", "high"), Variant("auto", "auto")]
     chosen = [Variant("low", "low"), Variant("high", "high"), Variant("auto", "auto", True),
               Variant("auto, no reuse", "auto", False)]
+    from visionthink.backends import TransformersBackend
+
+    if "draft_tool_call" in inspect.signature(TransformersBackend.__init__).parameters:
+        chosen.append(Variant("auto, no draft", "auto", True, draft=False))
     if early:  # the GPU plan: also what early encoding, and decoding on the consumer's thread, do there
         chosen += [Variant("auto, early", "auto", True, early=True),
                    Variant("auto, answers at once", "auto", True, asks=False),
@@ -177,6 +182,8 @@ def make_engine(model, processor, variant: Variant, turns: list[str], max_new_to
         extra["early_encode"] = variant.early
     if variant.decode_thread is not None and "decode_thread" in parameters:
         extra["decode_thread"] = variant.decode_thread
+    if "draft_tool_call" in parameters:
+        extra["draft_tool_call"] = variant.draft
     backend = TransformersBackend(model, processor, "bench",
                                   logits_processor_factory=forcing_factory(processor.tokenizer, turns), **extra)
     return Engine(Recorder(backend), settings=GenerationSettings(max_new_tokens=max_new_tokens), max_turns=2)
@@ -669,6 +676,11 @@ def reading(results: dict) -> list[str]:
             reused = next(row["turns"]["auto"]["reused_tokens"][1] for row in rows if tuple(row["size"]) == size)
             lines.append(f"- KV reuse at {size[0]}×{size[1]} ({reused:,} of turn 2's tokens from turn 1's cache): "
                          f"turn 2 took {_span([with_ / without for with_, without in pairs])} its time without reuse.")
+    if all("auto, no draft" in row["turns"] for row in rows):
+        pairs = [(row["turns"]["auto"]["turn_s"][0], row["turns"]["auto, no draft"]["turn_s"][0]) for row in rows]
+        lines.append(f"- The tool call's draft (one forward for the call after \"<tool_call>\"): turn 1 took "
+                     f"{_span([with_ / without for with_, without in pairs])} its time without it "
+                     f"({_span([without - with_ for with_, without in pairs], ' s')} less).")
     lines += [
         "",
         "What the model is and is not: its proportions are not the 7B's. Attention, whose cost per token grows with "

@@ -37,7 +37,8 @@ def test_quick_run_reports_every_mode_with_finite_ratios_and_floors(tmp_path):
     assert len(rows) == len(QUICK.sizes) * len(QUICK.answer_tokens)
     results = json.loads(saved.read_text(encoding="utf-8"))
     names = [v["name"] for v in results["variants"]]
-    assert names[:3] == ["low", "high", "auto"] and len(names) == (4 if results["reuse_switch"] else 3)
+    assert names == (["low", "high", "auto", "auto, no reuse", "auto, no draft"] if results["reuse_switch"] else
+                     ["low", "high", "auto"])
     for row, answer_tokens in zip(rows, QUICK.answer_tokens, strict=True):
         assert row["Image"] == "448×336" and row["Visual tokens (1/4 → full)"] == "48 → 192"
         assert row["Answer tokens"] == str(answer_tokens)
