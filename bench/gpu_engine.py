@@ -229,6 +229,9 @@ def markdown(result: dict, *, command: str) -> str:
              "and \"auto, answers at once\" (with and without early encoding) forces turn 1 to answer, which is what "
              "early encoding costs when the model does not ask; " if any(v.get("early") for v in first["variants"])
              else "")
+    if any(v.get("draft") is False for v in first["variants"]):
+        early += ("\"auto, no draft\" decodes the tool call token by token instead of checking the call after "
+                  "\"<tool_call>\" in one forward; ")
     if any(v.get("decode_thread") is False for v in first["variants"]):
         early += ("the backend decodes on a thread of its own on a GPU, and \"high, decoded inline\" and \"auto, "
                   "decoded inline\" decode on the consumer's thread instead (`decode_thread=False`, the CPU's way); ")
