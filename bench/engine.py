@@ -603,6 +603,9 @@ def section(results: dict, *, command: str) -> str:
     else:
         reuse = ("`TransformersBackend` had no `reuse_kv` switch when this ran: turn 2 prefills the whole conversation "
                  "again (both images).")
+    if "auto, no draft" in names:
+        reuse += (" \"auto, no draft\" runs with `draft_tool_call` off: its tool call is decoded one token per "
+                  "forward, where \"auto\" checks the call after \"<tool_call>\" in one forward (the same tokens).")
     return "\n".join([
         SECTION, "",
         f"Measured {results['when']} with `{command}` on {results['machine']}. Python {platform.python_version()}, "
@@ -637,7 +640,9 @@ def section(results: dict, *, command: str) -> str:
         "the processor; the 1/4 image for low, the full one for high, both for auto): no engine can skip preparing "
         "the pixels, but none need prepare an image twice. The floors are "
         "modelled from costs measured apart from the episodes, so an engine that adds nothing lands within the "
-        "machine's noise of its floor, on either side.", "",
+        "machine's noise of its floor, on either side. They count one decode step per generated token, the tool "
+        "call's included; \"auto\" checks most of its call in one forward (the draft), so it can sit under them, "
+        "and \"auto, no draft\" is the variant held to them.", "",
         tables(results).rstrip("\n"), "", *reading(results), "",
     ])
 
@@ -702,7 +707,8 @@ GPU_PENDING = (
     "GPU, `python -m bench.gpu_engine --write` builds a random model of Qwen2.5-VL-7B's shape in bf16 on the GPU and "
     "records here the prefill time and achieved TFLOP/s of the 1/4 and the full image at 1600×1000 and 2048×2048, "
     "decode tokens/s, the three modes with their ratios and floors (auto with and without KV reuse, with early "
-    "encoding of the full image, and what early encoding costs when the model answers at once) and peak GPU "
+    "encoding of the full image, and what early encoding costs when the model answers at once; auto without the "
+    "tool call's draft; high and auto decoded on the consumer's thread) and peak GPU "
     "memory, with SDPA and, where `flash_attn` imports (requirements-gpu.txt), FlashAttention-2. It is planned to "
     "take a few minutes on one H100 and about 20 GiB of its memory. Without a GPU it says so and stops; its code path "
     "was run on the CPU with `--size test` (a small model of the same architecture), whose figures say nothing about "
