@@ -47,6 +47,17 @@ class CountSteps(LogitsProcessor):
         return scores
 
 
+class Record(LogitsProcessor):
+    """Keeps a copy of the scores of every step, unchanged."""
+
+    def __init__(self, into: list) -> None:
+        self.into = into
+
+    def __call__(self, input_ids, scores):
+        self.into.append(scores.detach().clone())
+        return scores
+
+
 def forcing_factory(tokenizer, turns: list[str]):
     """A ``logits_processor_factory`` that makes turn ``i`` read ``turns[i]`` (the last entry repeats)."""
     end_id = tokenizer.convert_tokens_to_ids(protocol.IM_END)

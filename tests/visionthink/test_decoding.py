@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from tests.support.forcing import BAD_TOOL_TURN, TOOL_TURN, CountSteps, ForceText
+from tests.support.forcing import BAD_TOOL_TURN, TOOL_TURN, CountSteps, ForceText, Record
 from visionthink import protocol
 from visionthink.backends import TransformersBackend
 from visionthink.engine import GenerationSettings, TurnOutput, TurnRequest
@@ -46,15 +46,6 @@ class NoStop(LogitsProcessor):
         scores = scores.clone()
         scores[:, self.ids] = float("-inf")
         scores[:, input_ids[0, self.start:]] = float("-inf")
-        return scores
-
-
-class Record(LogitsProcessor):
-    def __init__(self, into: list) -> None:
-        self.into = into
-
-    def __call__(self, input_ids, scores):
-        self.into.append(scores.detach().clone())
         return scores
 
 

@@ -8,24 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from transformers import LogitsProcessor
 
-from tests.support.forcing import TOOL_TURN, ForceText
+from tests.support.forcing import TOOL_TURN, ForceText, Record
 from visionthink import protocol
 from visionthink.backends import TransformersBackend
 from visionthink.engine import Engine, GenerationSettings, TurnFinished
 from visionthink.hf import load_model, load_processor
-
-
-class Record(LogitsProcessor):
-    """Keeps a copy of the scores of every step, unchanged."""
-
-    def __init__(self, into: list) -> None:
-        self.into = into
-
-    def __call__(self, input_ids, scores):
-        self.into.append(scores.detach().clone())
-        return scores
 
 
 @pytest.fixture(scope="module")
