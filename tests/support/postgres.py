@@ -19,6 +19,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,9 +188,27 @@ def fresh_database(admin_url: str) -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+        try:
+            _drop(engine, name)
+        finally:
+            engine.dispose()
+
+
+def _drop(engine, name: str, attempts: int = 50) -> None:
+    """Drop database ``name``, ending its sessions. An autovacuum worker busy in it cannot be ended by a role that
+    is not a superuser (PostgreSQL answers "must be a member of the role whose process is being terminated"); it
+    finishes within moments on a test's database, so that refusal is retried."""
+    from sqlalchemy.exc import ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "42501" or attempt == attempts - 1:  # insufficient_privilege
+                raise
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -106,6 +106,9 @@ def test_turn_two_runs_through_the_split_in_every_layer(tiny_model_dir, monkeypa
     image = Image.fromarray(torch.randint(0, 255, (336, 448, 3), dtype=torch.uint8).numpy())
     list(engine.stream(image, "What does the small print say?", "auto"))
     layers = model.config.get_text_config().num_hidden_layers
-    assert len(split) == layers  # turn 2's prefill, once per layer; turn 1 and the decoding need no split
-    q_length, kv_length = split[0]
-    assert 1 < q_length < kv_length
+    # once per layer for the forward that checks turn 1's tool call (its draft, fed over turn 1's cache), once per
+    # layer for turn 2's prefill; the first prefill and one-token steps need no split
+    assert len(split) == 2 * layers
+    assert split[:layers] == [split[0]] * layers and split[0][0] == 1 + len(backend._tool_call_draft)
+    q_length, kv_length = split[layers]
+    assert split[layers:] == [split[layers]] * layers and 1 < q_length < kv_length and kv_length > split[0][1]
