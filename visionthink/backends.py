@@ -102,7 +102,7 @@ class TransformersBackend:
         call = tokenizer.encode(protocol.tool_call_text(), add_special_tokens=False)
         self._tool_call_start = call[0]
         self._tool_call_draft = (call[1:] + [tokenizer.convert_tokens_to_ids(protocol.IM_END)]
-                                 if draft_tool_call and tokenizer.convert_tokens_to_ids("<tool_call>") == call[0]
+                                 if draft_tool_call and tokenizer.convert_tokens_to_ids(protocol.TOOL_CALL_OPEN) == call[0]
                                  else None)
         self._suppress_ids = [tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
         # On ZeroGPU the whole turn (decoding thread included) must run inside the GPU-decorated call.

@@ -35,6 +35,8 @@ VISION_TOKENS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD, VISION_PAD)
 
 TOOL_NAME = "resize_image"
 TOOL_ACTION = "resize"
+#: The tag a tool call opens with.
+TOOL_CALL_OPEN = "<tool_call>"
 
 # --- Prompts (Efficient model) ---------------------------------------------------------------------------------
 
@@ -471,7 +473,7 @@ def answer_turn_text(think: str, answer: str) -> str:
 
 def tool_call_text() -> str:
     """The canonical well-formed call, as the model is expected to write it."""
-    return '<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'
+    return TOOL_CALL_OPEN + '\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'
 
 
 def tool_call_turn_text(think: str) -> str:
