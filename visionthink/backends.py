@@ -225,8 +225,8 @@ class TransformersBackend:
         processors, then greedy choice at temperature 0, or sampling with temperature and top-p. Nothing comes from
         the checkpoint's ``generation_config.json`` (``generate`` would fill what is unset from it, a repetition
         penalty included). Each step runs on the consumer's thread unless ``decode_thread``: on the CPU, torch's
-        OpenMP workers serve one thread well, and a second thread's team of workers made every step 15-25% slower
-        on the bench model (BENCHMARKS.md, "Engine").
+        OpenMP workers serve one thread well, and a second thread's team of workers made every step 3-7 ms (5-25%)
+        slower on the bench model (BENCHMARKS.md, "Engine").
 
         A tool call is mostly fixed text. When greedy decoding chooses "<tool_call>", the rest of the protocol's call
         (and the end-of-turn token) is fed in the same forward as that token, as a draft: each next choice is then
