@@ -189,15 +189,37 @@ def make_engine(model, processor, variant: Variant, turns: list[str], max_new_to
     return Engine(Recorder(backend), settings=GenerationSettings(max_new_tokens=max_new_tokens), max_turns=2)
 
 
-def run_episode(engine, inputs, expected_tokens: list[int], device=None) -> dict:
+class ForwardClock:
+    """Adds up the wall time spent inside a CPU model's ``forward`` (vision tower included), so that what an episode
+    spends outside it (the processor, the engine, the decoding loop) can be told apart from the model's own work,
+    which the machine's noise moves far more. On a GPU the forwards return before their kernels finish, so there is
+    no clock there."""
+
+    def __init__(self, model) -> None:
+        self.seconds = 0.0
+        inner = model.forward
+
+        def forward(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        model.forward = forward  # an instance attribute: ``model(...)`` calls it through ``nn.Module.__call__``
+
+
+def run_episode(engine, inputs, expected_tokens: list[int], device=None, clock: ForwardClock | None = None) -> dict:
     """Run one episode through ``Engine.run``; its wall time and what each turn cost (and, on a GPU ``device``, its
-    peak memory). Raises when the forcing did not give the expected turns (the timings would compare other work)."""
+    peak memory; with a ``clock`` on the model, the time inside its forwards). Raises when the forcing did not give
+    the expected turns (the timings would compare other work)."""
     from visionthink.engine import Done
 
     recorder = engine.backend
     recorder.outputs.clear()
     answer = None
     reset_peak(device)
+    inside = clock.seconds if clock else 0.0
     started = time.perf_counter()
     for event in engine.run(inputs):
         if isinstance(event, Done):
@@ -216,6 +238,7 @@ def run_episode(engine, inputs, expected_tokens: list[int], device=None) -> dict
         "prompt_tokens": [out.prompt_tokens for out in recorder.outputs],
         "reused_tokens": [getattr(out, "reused_tokens", 0) or 0 for out in recorder.outputs],
         "peak_gib": peak_gib(device),
+        "model_s": clock.seconds - inside if clock else None,
     }
 
 
@@ -282,12 +305,13 @@ def probe_costs(model, processor, image, decode_steps: int, tool_text: str | Non
                 cost["visual_tokens"] = int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
                 cache, token = result.past_key_values, inputs["input_ids"][:, -1:]
                 steps = []
-                for _ in range(decode_steps):  # the median step, so that one stall of a busy machine does not count
+                for _ in range(decode_steps):
                     started = time.perf_counter()
                     cache = model(input_ids=token, past_key_values=cache, use_cache=True).past_key_values
                     _sync(device)
                     steps.append(time.perf_counter() - started)
-                cost["decode_s"] = statistics.median(steps)
+                # the mean step, as an episode pays every step, a busy machine's stalls included (the median too)
+                cost["decode_s"], cost["decode_median_s"] = statistics.fmean(steps), statistics.median(steps)
                 del cache
             out[name] = cost
             del result
@@ -300,7 +324,7 @@ def turn_two_cost(model, processor, image, tool_text: str, decode_steps: int) ->
     """What turn 2 itself must do on this model, with no engine around it: one forward of the tokens it adds (the
     end of turn 1, the tool response and the full image, vision tower included) over turn 1's cache, as
     ``TransformersBackend`` continues (its ``_continuation``: positions over the whole sequence, the new image's
-    pixels only), and ``decode_steps`` single-token steps after it, the median step. Its new tokens attend to turn
+    pixels only), and ``decode_steps`` single-token steps after it, the mean step. Its new tokens attend to turn
     1's whole context: that is the method's own cost, which no engine can skip."""
     import torch
 
@@ -342,7 +366,7 @@ def turn_two_cost(model, processor, image, tool_text: str, decode_steps: int) ->
             _sync(device)
             steps.append(time.perf_counter() - started)
     return {"prefill_s": prefill, "tokens": int(second["input_ids"].shape[1]), "cached_tokens": past,
-            "decode_s": statistics.median(steps)}
+            "decode_s": statistics.fmean(steps), "decode_median_s": statistics.median(steps)}
 
 
 def median_costs(samples: list[dict]) -> dict:
@@ -404,13 +428,15 @@ def measure(model, processor, plan: Plan, *, log=None) -> dict:
     inputs = {(size, v.name): engines[v.name, plan.answer_tokens[0]].prepare(pictures[size], QUESTION, v.mode)
               for size in plan.sizes for v in chosen}
 
+    clock = ForwardClock(model) if model.device.type == "cpu" else None
     # Warm-up, not recorded: the first calls pay for allocations and lazy initialisation.
     smallest = min(plan.sizes, key=lambda s: s[0] * s[1])
     tool_text = turns[plan.answer_tokens[0]][0]
     probe_costs(model, processor, pictures[smallest], 2, tool_text)
     for variant in chosen:
         n = min(plan.answer_tokens)
-        run_episode(engines[variant.name, n], inputs[smallest, variant.name], expected[variant.name, n], model.device)
+        run_episode(engines[variant.name, n], inputs[smallest, variant.name], expected[variant.name, n], model.device,
+                    clock)
 
     runs: dict = defaultdict(list)
     costs: dict = defaultdict(list)
@@ -421,7 +447,7 @@ def measure(model, processor, plan: Plan, *, log=None) -> dict:
             for n in plan.answer_tokens:
                 for variant in order:
                     run = run_episode(engines[variant.name, n], inputs[size, variant.name], expected[variant.name, n],
-                                      model.device)
+                                      model.device, clock)
                     runs[size, n, variant.name].append(run)
                     log(f"rep {rep + 1}/{plan.repeats} {size[0]}x{size[1]} N={n} {variant.name}: {run['s']:.2f} s "
                         f"(turns {', '.join(f'{t:.2f}' for t in run['turn_s'])}; reused {run['reused_tokens']})")
@@ -454,6 +480,18 @@ def assemble(plan: Plan, chosen: list[Variant], switch: bool, runs: dict, costs:
                    "peak_gib": {v.name: max((r["peak_gib"] or 0.0 for r in runs[size, n, v.name]), default=0.0)
                                 for v in chosen},
                    "runs": {v.name: runs[size, n, v.name] for v in chosen}}
+            # each repetition's episode over the floor modelled from that repetition's costs (the spread is noise)
+            paired = [ideal_seconds(c, n, plan.tool_tokens) for c in costs[size]]
+            row["over_floor_runs"] = {
+                **{name: [r["s"] / i[name] for r, i in zip(runs[size, n, name], paired)]
+                   for name in ("low", "high", "auto") if name in medians},
+                **({"auto, turn 2's own work": [r["s"] / i["auto_context"] for r, i in zip(runs[size, n, "auto"],
+                                                                                       paired)]}
+                   if "auto_context" in ideal and "auto" in medians else {}),
+            }
+            if all(r.get("model_s") is not None for v in chosen for r in runs[size, n, v.name]):
+                row["outside_model_s"] = {
+                    v.name: statistics.median(r["s"] - r["model_s"] for r in runs[size, n, v.name]) for v in chosen}
             for v in chosen:
                 if asks(v):
                     episodes = runs[size, n, v.name]
@@ -629,8 +667,8 @@ def section(results: dict, *, command: str) -> str:
         "The floor beside each ratio is what an ideal engine would pay on this model, over the measured high time. "
         "It is modelled from the model's own costs, measured in the same run (second table: one forward pass of the "
         f"turn-1 prompt with each image, with no engine around it, and {plan['decode_steps']} single-token steps on "
-        "its cache, the median step): high = prefill of the full-image prompt + (N − 1) decode steps; low = the "
-        "same with the 1/4 image; auto = high + prefill of the 1/4 prompt + (tool-call tokens − 1) decode steps, "
+        "its cache, the mean step, as an episode pays every step, stalls included): high = prefill of the full-image "
+        "prompt + (N − 1) decode steps; low = the same with the 1/4 image; auto = high + prefill of the 1/4 prompt + (tool-call tokens − 1) decode steps, "
         "i.e. turn 1 on top of high, with turn 2 no dearer than high. That last assumption is generous: turn 2 "
         "prefills fewer tokens than high, but they attend to turn 1's context too, and its answer is decoded after "
         "a longer one. So a second auto floor counts turn 2 as the model's own work, measured in the same run "
@@ -667,13 +705,22 @@ def reading(results: dict) -> list[str]:
         against = {name: row["ratio_to_high"][name] / row["floor"][name] for name in ("low", "auto")}
         if own:
             against["auto, turn 2's own work"] = row["ratio_to_high"]["auto"] / own
+        spread = row.get("over_floor_runs", {})
+        outside = row.get("outside_model_s")
+        prepared = costs[tuple(row["size"])]
         lines.append(f"- {image}, N = {row['answer_tokens']}: auto {row['ratio_to_high']['auto']:.2f}× high against "
                      f"a floor of {row['floor']['auto']:.2f}×"
                      + (f" ({own:.2f}× with turn 2's own work)" if own else "")
                      + f"; its turn 1 took {turn[0]:.2f} s (modelled {ideal['turn1']:.2f} s) and its turn 2 "
                      f"{turn[1] / high:.2f}× high (the first floor counts 1.00×{modelled_turn2}); high took "
                      f"{high / ideal['high']:.2f}× its modelled time; measured over floor: "
-                     + ", ".join(f"{name} {value:.2f}" for name, value in against.items()) + ".")
+                     + ", ".join(f"{name} {value:.2f}" + (f" (repetitions {_span(spread[name], '')})"
+                                                          if len(spread.get(name, ())) > 1 else "")
+                                 for name, value in against.items())
+                     + (f"; time outside the model's forward passes: "
+                        + ", ".join(f"{name} {outside[name]:.2f} s" for name in ("low", "high", "auto"))
+                        + f" (preparing the images, in the floors: {prepared['low']['prepare_s']:.2f} s 1/4, "
+                        f"{prepared['full']['prepare_s']:.2f} s full)" if outside else "") + ".")
     if results["reuse_switch"]:
         for size in dict.fromkeys(tuple(row["size"]) for row in rows):
             pairs = [(row["turns"]["auto"]["turn_s"][1], row["turns"]["auto, no reuse"]["turn_s"][1])
