@@ -844,7 +844,10 @@ def main(argv: list[str] | None = None) -> int:
         model=describe_model(model, built_with="`visionthink.tiny.build_tiny_model`" if kind == "tiny" else
                              "`bench.engine` from `visionthink.tiny.build_config`"),
     )
-    results["command"] = "python -m bench.engine" + (" --quick" if args.quick else "")
+    given = [("--quick", args.quick), ("--model", args.model), ("--sizes", args.sizes),
+             ("--answer-tokens", args.answer_tokens), ("--repeats", args.repeats)]
+    results["command"] = " ".join(["python -m bench.engine", *(flag if value is True else f"{flag} {value}"
+                                                                for flag, value in given if value)])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     text = section(results, command=results["command"])
