@@ -105,6 +105,39 @@ def test_greedy_decoding_chooses_what_generate_chooses(parts, picture):
     assert text == output.text == parts[1].tokenizer.decode(tokens, skip_special_tokens=False)
 
 
+class PreferVision(LogitsProcessor):
+    """Keeps a copy of the scores it receives, then makes the vision tokens by far the likeliest choice."""
+
+    def __init__(self, ids: list[int], into: list) -> None:
+        self.ids, self.into = ids, into
+
+    def __call__(self, input_ids, scores):
+        self.into.append(scores.clone())
+        scores = scores.clone()
+        scores[:, self.ids] += 1e4
+        return scores
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_vision_tokens_are_never_chosen(parts, picture, temperature):
+    """The vision tokens come out as -inf before any other processor sees the scores, whatever it adds to them; the
+    model's own logits stay as they were (the scores of the other tokens are finite)."""
+    model, processor = parts
+    vision = [processor.tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
+    seen: list[torch.Tensor] = []
+    backend = TransformersBackend(model, processor, "tiny",
+                                  logits_processor_factory=lambda turn: [PreferVision(vision, seen)])
+    torch.manual_seed(3)
+    turn = request(picture, GenerationSettings(max_new_tokens=8, temperature=temperature))
+    output = list(backend.generate(turn))[-1]
+    tokens = turn.carry["transformers_kv"]["ids"][0, -output.generated_tokens:].tolist()
+    assert output.generated_tokens >= 1 and len(seen) == output.generated_tokens
+    assert not set(tokens) & set(vision)
+    for scores in seen:
+        assert torch.isneginf(scores[0, vision]).all()
+        assert torch.isfinite(scores[0]).sum() == scores.shape[-1] - len(vision)
+
+
 def test_seeded_sampling_draws_what_generate_draws(parts, picture):
     settings = GenerationSettings(max_new_tokens=STEPS, temperature=1.5, top_p=0.9)
     draws = []
