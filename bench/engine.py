@@ -483,8 +483,9 @@ def assemble(plan: Plan, chosen: list[Variant], switch: bool, runs: dict, costs:
             # each repetition's episode over the floor modelled from that repetition's costs (the spread is noise)
             paired = [ideal_seconds(c, n, plan.tool_tokens) for c in costs[size]]
             row["over_floor_runs"] = {
-                **{name: [r["s"] / i[name] for r, i in zip(runs[size, n, name], paired)]
-                   for name in ("low", "high", "auto") if name in medians},
+                **{name: [r["s"] / i[mode] for r, i in zip(runs[size, n, name], paired)]
+                   for name, mode in (("low", "low"), ("high", "high"), ("auto", "auto"), ("auto, no draft", "auto"))
+                   if name in medians},
                 **({"auto, turn 2's own work": [r["s"] / i["auto_context"] for r, i in zip(runs[size, n, "auto"],
                                                                                        paired)]}
                    if "auto_context" in ideal and "auto" in medians else {}),
@@ -664,23 +665,28 @@ def section(results: dict, *, command: str) -> str:
         "time is from `Engine.run` to its `Done` event (the processor, every turn and the parsing included). "
         f"{plan['repeats']} repetition{'s' if plan['repeats'] != 1 else ''}; in each, every size, length and variant "
         f"({'; '.join(names)}) in turn, the variants' order rotated between repetitions; medians.", "",
-        "The floor beside each ratio is what an ideal engine would pay on this model, over the measured high time. "
-        "It is modelled from the model's own costs, measured in the same run (second table: one forward pass of the "
+        "The floor beside each ratio is what an ideal engine would pay on this model, over the measured high time. It "
+        "is modelled from the model's own costs, measured in the same run (second table: one forward pass of the "
         f"turn-1 prompt with each image, with no engine around it, and {plan['decode_steps']} single-token steps on "
         "its cache, the mean step, as an episode pays every step, stalls included): high = prefill of the full-image "
-        "prompt + (N − 1) decode steps; low = the same with the 1/4 image; auto = high + prefill of the 1/4 prompt + (tool-call tokens − 1) decode steps, "
-        "i.e. turn 1 on top of high, with turn 2 no dearer than high. That last assumption is generous: turn 2 "
-        "prefills fewer tokens than high, but they attend to turn 1's context too, and its answer is decoded after "
-        "a longer one. So a second auto floor counts turn 2 as the model's own work, measured in the same run "
-        "without an engine around it (the last two columns of the second table: one forward pass of the tokens turn "
-        "2 adds over turn 1's cache, vision tower included, then single-token steps). Every floor includes the "
-        "time of preparing each image it needs once (second table: making the 1/4 image at half width and height, and "
-        "the processor; the 1/4 image for low, the full one for high, both for auto): no engine can skip preparing "
-        "the pixels, but none need prepare an image twice. The floors are "
-        "modelled from costs measured apart from the episodes, so an engine that adds nothing lands within the "
-        "machine's noise of its floor, on either side. They count one decode step per generated token, the tool "
-        "call's included; \"auto\" checks most of its call in one forward (the draft), so it can sit under them, "
-        "and \"auto, no draft\" is the variant held to them.", "",
+        "prompt + (N − 1) decode steps; low = the same with the 1/4 image; auto = high + prefill of the 1/4 prompt + "
+        "(tool-call tokens − 1) decode steps, i.e. turn 1 on top of high, with turn 2 no dearer than high. That last "
+        "assumption is generous: turn 2 prefills fewer tokens than high, but they attend to turn 1's context too, and "
+        "its answer is decoded after a longer one. So a second auto floor counts turn 2 as the model's own work, "
+        "measured in the same run without an engine around it (the last two columns of the second table: one forward "
+        "pass of the tokens turn 2 adds over turn 1's cache, vision tower included, then single-token steps). Every "
+        "floor includes the time of preparing each image it needs once (second table: making the 1/4 image at half "
+        "width and height, and the processor; the 1/4 image for low, the full one for high, both for auto): no engine "
+        "can skip preparing the pixels, but none need prepare an image twice. The floors are modelled from costs "
+        "measured apart from the episodes, so an engine that adds nothing lands within the machine's noise of its "
+        "floor, on either side. They count one decode step per generated token, the tool call's included; \"auto\" "
+        "checks most of its call in one forward (the draft), so it can sit under them, and \"auto, no draft\" is the "
+        "variant held to them.", "",
+        "Under the tables, measured over floor is each median over its floor, with (where there are several) its "
+        "range over the repetitions, each repetition's episode over the floor modelled from that repetition's own "
+        "costs: that range is the machine's noise. Beside it, the time each mode spent outside the model's forward "
+        "passes (a clock around the model's `forward` on the CPU): the processor, the engine and its decoding loop, "
+        "against the images' preparation the floors count.", "",
         tables(results).rstrip("\n"), "", *reading(results), "",
     ])
 
@@ -702,7 +708,8 @@ def reading(results: dict) -> list[str]:
         own = row.get("floor_own_turn2")
         modelled_turn2 = (f", modelled from the model's own turn-2 work {ideal['turn2'] / high:.2f}×"
                           if "turn2" in ideal else "")
-        against = {name: row["ratio_to_high"][name] / row["floor"][name] for name in ("low", "auto")}
+        against = {name: row["ratio_to_high"][name] / row["floor"][name] for name in ("low", "auto", "auto, no draft")
+                   if name in row["floor"]}
         if own:
             against["auto, turn 2's own work"] = row["ratio_to_high"]["auto"] / own
         spread = row.get("over_floor_runs", {})
