@@ -270,3 +270,34 @@ def test_the_throughput_benchmark_quick_mode_runs_and_reports_every_concurrency(
         assert int(row[7]) >= 12 and row[8] == "1"
     assert [int(row[6]) for row in cells] == [1, 4]  # the server saw as many requests at once as N
     assert "were identical for every N: yes" in text
+
+
+def _table_cells(text: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row] for row in rows[1:]]
+
+
+def test_the_throughput_benchmark_measures_a_server_already_running():
+    """``--base-url`` sends the episodes to a server that is already up (``vllm serve`` on a GPU); here the test's
+    own chat server, which counts what reached it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTHINK_")}
+    with ChatServer(scripted_visionthink, model=MODEL, token_delay_s=0.002, chunk_size=12) as server:
+        base_url = server.base_url
+        result = subprocess.run([sys.executable, "-m", "bench.eval_throughput", "--quick", "--base-url", base_url,
+                                 "--model", MODEL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert server.max_in_flight == 4 and len(server.requests) >= 24  # both runs' episodes reached it
+    text = result.stdout
+    assert text.startswith("## Evaluating against a running server\n")
+    assert "{" not in text and "}" not in text  # every figure filled in
+    assert f"--base-url {base_url} --model {MODEL}`" in text and "already running" in text
+    cells = _table_cells(text)
+    assert [row[0] for row in cells] == ["1", "4"] and all(float(row[1]) > 0 for row in cells)
+    assert [row[6] for row in cells] == ["–", "–"]  # a server it did not start does not say how many it held
+    assert "were identical for every N: yes" in text
+
+
+def test_the_throughput_benchmark_wants_a_model_name_with_a_server():
+    result = subprocess.run([sys.executable, "-m", "bench.eval_throughput", "--base-url", "http://127.0.0.1:9/v1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--base-url and --model go together" in result.stderr
