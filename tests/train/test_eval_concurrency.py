@@ -253,6 +253,12 @@ def test_a_library_engine_with_fewer_slots_than_the_concurrency_is_refused(cards
         assert server.requests == [] and not (tmp_path / "out").exists()
 
 
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of a markdown table's rows in ``text``, its header first."""
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
 def test_the_throughput_benchmark_quick_mode_runs_and_reports_every_concurrency():
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONTHINK_")}
     result = subprocess.run([sys.executable, "-m", "bench.eval_throughput", "--quick"], cwd=ROOT, env=env,
@@ -260,21 +266,14 @@ def test_the_throughput_benchmark_quick_mode_runs_and_reports_every_concurrency(
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert text.startswith("## Evaluation throughput\n") and "Measured " in text and " UTC with " in text
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    header, body = rows[0], rows[1:]
-    assert header[0].strip() == "Episodes in flight (N)" and len(body) == 2
-    cells = [[cell.strip() for cell in row] for row in body]
+    header, *cells = _table_rows(text)
+    assert header[0] == "Episodes in flight (N)" and len(cells) == 2
     assert [row[0] for row in cells] == ["1", "4"]
     for row in cells:
         assert float(row[1]) > 0 and row[3].endswith("×") and float(row[5]) > 0
         assert int(row[7]) >= 12 and row[8] == "1"
     assert [int(row[6]) for row in cells] == [1, 4]  # the server saw as many requests at once as N
     assert "were identical for every N: yes" in text
-
-
-def _table_cells(text: str) -> list[list[str]]:
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    return [[cell.strip() for cell in row] for row in rows[1:]]
 
 
 def test_the_throughput_benchmark_measures_a_server_already_running():
@@ -291,7 +290,7 @@ def test_the_throughput_benchmark_measures_a_server_already_running():
     assert text.startswith("## Evaluating against a running server\n")
     assert "{" not in text and "}" not in text  # every figure filled in
     assert f"--base-url {base_url} --model {MODEL}`" in text and "already running" in text
-    cells = _table_cells(text)
+    cells = _table_rows(text)[1:]
     assert [row[0] for row in cells] == ["1", "4"] and all(float(row[1]) > 0 for row in cells)
     assert [row[6] for row in cells] == ["–", "–"]  # a server it did not start does not say how many it held
     assert "were identical for every N: yes" in text

@@ -120,8 +120,8 @@ class PreferVision(LogitsProcessor):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_the_vision_tokens_are_never_chosen(parts, picture, temperature):
-    """The vision tokens come out as -inf before any other processor sees the scores, whatever it adds to them; the
-    model's own logits stay as they were (the scores of the other tokens are finite)."""
+    """The vision tokens come out as -inf before any other processor sees the scores, whatever it adds to them, and
+    every other token keeps a finite score."""
     model, processor = parts
     vision = [processor.tokenizer.convert_tokens_to_ids(t) for t in protocol.VISION_TOKENS]
     seen: list[torch.Tensor] = []
