@@ -344,7 +344,7 @@ def parse_turn(text: str) -> Turn:
     beside an answer, another tool name, other arguments, invalid JSON or several calls make the turn invalid.
     """
     text = strip_stop(text)
-    attempted = "<tool_call>" in text or "</tool_call>" in text
+    attempted = TOOL_CALL_OPEN in text or "</tool_call>" in text
 
     def invalid(reason: str, think: str | None = None) -> Turn:
         return Turn("invalid", text, think=think, reason=reason, attempted_tool_call=attempted)
@@ -473,7 +473,8 @@ def answer_turn_text(think: str, answer: str) -> str:
 
 def tool_call_text() -> str:
     """The canonical well-formed call, as the model is expected to write it."""
-    return TOOL_CALL_OPEN + '\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>'
+    call = json.dumps({"name": TOOL_NAME, "arguments": {"action": TOOL_ACTION}})
+    return f"{TOOL_CALL_OPEN}\n{call}\n</tool_call>"
 
 
 def tool_call_turn_text(think: str) -> str:
